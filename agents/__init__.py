@@ -1,0 +1,1 @@
+"""Agents: functional environments, PPO/A2C ensembles, surrogate and sensitivity."""

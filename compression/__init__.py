@@ -1,0 +1,1 @@
+"""Pure, jittable compression functions over Flax parameter pytrees."""

@@ -1,0 +1,1 @@
+"""Experiment presets (JSON), installed as hirelc_jax.configs so a wheel can find them."""
