@@ -66,7 +66,7 @@ def check_keep(keep) -> None:
   ok = np.isfinite(k) & (k >= MIN_KEEP - 1e-6) & (k <= MAX_KEEP + 1e-6)
   if not ok.all():
     bad = k[~ok].ravel()[0].item()
-    raise ValueError(f"keep ratio {bad!r} is out of range; use a value in [{MIN_KEEP}, {MAX_KEEP}]")
+    raise ValueError(f"keep ratio {bad:.4g} is out of range; use a value in [{MIN_KEEP}, {MAX_KEEP}]")
 
 
 def check_codes(fmt, gran) -> None:
