@@ -1,0 +1,82 @@
+"""Plans per second of apply_plan on ViT-Tiny-shaped parameters.
+
+12 blocks x (qkv [192, 576], attn_proj [192, 192], mlp_fc1 [192, 768],
+mlp_fc2 [768, 192], each with a bias); random plans over every bit width,
+format, granularity and keep ratio. Measures one plan per call and vmapped
+batches of 64 plans. Usage: python benchmarks/bench_apply_plan.py
+"""
+
+from __future__ import annotations
+
+import sys
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import common  # noqa: E402
+from hirelc_jax.compression.apply import apply_plan  # noqa: E402
+from hirelc_jax.compression.kernel_map import build_kernel_map  # noqa: E402
+from hirelc_jax.compression.plan import make_plan, stack_plans  # noqa: E402
+
+SHAPES = {"qkv": (192, 576), "proj": (192, 192), "fc1": (192, 768), "fc2": (768, 192)}
+RULES = ((r"block_(?P<block>\d+)/attn/qkv/kernel$", "qkv"),
+         (r"block_(?P<block>\d+)/attn/proj/kernel$", "attn_proj"),
+         (r"block_(?P<block>\d+)/mlp/fc1/kernel$", "mlp_fc1"),
+         (r"block_(?P<block>\d+)/mlp/fc2/kernel$", "mlp_fc2"))
+NAMES = ("qkv", "attn_proj", "mlp_fc1", "mlp_fc2")
+
+
+def vit_tiny_params(depth: int = 12, seed: int = 0) -> dict:
+  key = jax.random.key(seed)
+  params = {}
+  for b in range(depth):
+    block = {"attn": {}, "mlp": {}}
+    for name, shape in SHAPES.items():
+      key, sub = jax.random.split(key)
+      leaf = {"kernel": 0.05 * jax.random.normal(sub, shape), "bias": jnp.zeros(shape[-1])}
+      block["mlp" if name.startswith("fc") else "attn"][name] = leaf
+    params[f"block_{b}"] = block
+  return params
+
+
+def random_plans(n: int, shape, seed: int = 0):
+  rng = np.random.default_rng(seed)
+  plans = []
+  for _ in range(n):
+    fmt = rng.integers(0, 3, shape)
+    gran = np.where(fmt == 0, rng.integers(0, 5, shape), rng.integers(0, 4, shape))
+    plans.append(make_plan(rng.integers(2, 9, shape), rng.uniform(0.2, 1.0, shape), fmt, gran))
+  return plans
+
+
+def main() -> None:
+  params = vit_tiny_params()
+  kmap = build_kernel_map(params, RULES, NAMES)
+  plans = random_plans(64, kmap.plan_shape)
+  batch = stack_plans(plans)
+  one = jax.jit(lambda p, plan: apply_plan(p, plan, kmap))
+  many = jax.jit(jax.vmap(lambda p, plan: apply_plan(p, plan, kmap), in_axes=(None, 0)))
+  counter = iter(range(10**9))
+
+  def single():
+    jax.block_until_ready(one(params, plans[next(counter) % len(plans)]))
+
+  t_single = common.timeit(single)
+  t_batch = common.timeit(lambda: jax.block_until_ready(many(params, batch)))
+  results = {
+      "weights": int(sum(np.prod(s) for s in SHAPES.values()) * 12),
+      "plans_per_s_single": 1.0 / t_single,
+      "plans_per_s_vmapped_batch64": 64.0 / t_batch,
+      "ms_per_plan_single": 1e3 * t_single,
+      "ms_per_batch64": 1e3 * t_batch,
+  }
+  for k, v in results.items():
+    print(f"{k:>30}: {v:,.2f}")
+  common.write("apply_plan", results)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,155 @@
+"""Applying a CompressionPlan to a parameter tree: prune, then fake-quantize.
+
+All kernels with one shape go through one `jax.vmap`, with their plan entries
+gathered as data, so a single trace serves every plan, and
+``jax.vmap(apply_plan, in_axes=(None, 0, None))`` applies a batch of plans.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from hirelc_jax.compression import prune, quantize
+from hirelc_jax.compression.kernel_map import KernelMap
+from hirelc_jax.compression.plan import CompressionPlan
+
+PRUNE_METHODS = ("l2", "l1", "taylor")
+
+
+def _is_concrete(tree) -> bool:
+  return not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(tree))
+
+
+def check_inputs(params: Mapping, plan: CompressionPlan, kmap: KernelMap) -> None:
+  """Host-side checks before any compilation; raises ValueError naming the problem."""
+  if tuple(plan.shape[-2:]) != kmap.plan_shape:
+    raise ValueError(f"plan has shape {plan.shape}, but the kernel map needs {kmap.plan_shape} "
+                     f"(blocks, kernels {kmap.kernel_names})")
+  if not _is_concrete((params, plan)):
+    return
+  plan.validate()
+  flat = traverse_util.flatten_dict(dict(params))
+  for entry in kmap.entries:
+    if entry.path not in flat:
+      raise ValueError(f"parameter {'/'.join(entry.path)} of the kernel map is missing from params")
+    if not np.isfinite(np.asarray(flat[entry.path])).all():
+      raise ValueError(f"parameter {'/'.join(entry.path)} holds NaN or Inf; fix the checkpoint "
+                       "or the training run before compressing")
+
+
+def map_groups(kmap: KernelMap, plan: CompressionPlan, fn: Callable,
+               per_entry: Sequence[Sequence]) -> list:
+  """Runs `fn(*stacked_inputs, bits, keep, fmt, gran)` vmapped over each shape group.
+
+  Args:
+    kmap: the kernel map.
+    plan: fields [num_blocks, num_kernels].
+    fn: a function of one kernel's inputs and its plan entries (scalars).
+    per_entry: sequences aligned with `kmap.entries`; each gives one input per
+      entry (an array, or None for all entries of that input).
+
+  Returns:
+    A list aligned with `kmap.entries` holding each entry's output.
+  """
+  out = [None] * len(kmap.entries)
+  for group in kmap.groups:
+    blocks = np.array([kmap.entries[i].block for i in group])
+    kernels = np.array([kmap.entries[i].kernel for i in group])
+    stacked = [None if seq[group[0]] is None else jnp.stack([seq[i] for i in group])
+               for seq in per_entry]
+    fields = [f[blocks, kernels] for f in (plan.bits, plan.keep, plan.fmt, plan.gran)]
+    result = jax.vmap(fn)(*stacked, *fields)
+    for j, i in enumerate(group):
+      out[i] = jax.tree.map(lambda r, j=j: r[j], result)
+  return out
+
+
+def _leaves(flat, kmap: KernelMap, attr: str = "path") -> list:
+  return [None if getattr(e, attr) is None else flat[getattr(e, attr)] for e in kmap.entries]
+
+
+def compute_masks(params: Mapping, plan: CompressionPlan, kmap: KernelMap, *,
+                  method: str = "l2", grads: Mapping | None = None) -> tuple[jax.Array, ...]:
+  """Output-neuron keep masks, one float array [out] per kernel entry."""
+  if method not in PRUNE_METHODS:
+    raise ValueError(f"unknown pruning method {method!r}; choose one of {', '.join(PRUNE_METHODS)}")
+  if method == "taylor" and grads is None:
+    raise ValueError("pruning method 'taylor' needs gradients (grads=...)")
+  flat = traverse_util.flatten_dict(dict(params))
+  weights = _leaves(flat, kmap)
+  grad_leaves = _leaves(traverse_util.flatten_dict(dict(grads)), kmap) if grads is not None \
+      else [None] * len(weights)
+
+  def one(w, g, bits, keep, fmt, gran):
+    del bits, fmt, gran
+    return prune.neuron_mask(w, keep, method, grad=g)
+
+  return tuple(map_groups(kmap, plan, one, [weights, grad_leaves]))
+
+
+def init_steps(params: Mapping, plan: CompressionPlan, kmap: KernelMap,
+               masks: Sequence[jax.Array] | None = None) -> tuple[jax.Array, ...]:
+  """Initial learned step sizes (LSQ rule), one array [out] per kernel entry.
+
+  Computed on the pruned kernels, so zeroed neurons do not shrink the steps.
+  """
+  flat = traverse_util.flatten_dict(dict(params))
+  weights = _leaves(flat, kmap)
+  if masks is None:
+    masks = compute_masks(params, plan, kmap)
+
+  def one(w, m, bits, keep, fmt, gran):
+    del keep, gran
+    return quantize.init_step(w * m, jnp.minimum(bits, 8), fmt)
+
+  return tuple(map_groups(kmap, plan, one, [weights, list(masks)]))
+
+
+def compress_kernel(w, bias, mask, step, bits, keep, fmt, gran):
+  """Prunes one kernel (and its bias) by `mask`, then fake-quantizes it.
+
+  Shapes: w [..., out], bias [out] or None, mask [out], step [out] or None.
+  """
+  del keep
+  w, bias = prune.apply_neuron_mask(w, bias, mask)
+  q = quantize.fake_quant(w, bits, fmt, gran, step)
+  return q * mask.astype(q.dtype), bias
+
+
+def apply_plan(params: Mapping, plan: CompressionPlan, kmap: KernelMap, *,
+               masks: Sequence[jax.Array] | None = None,
+               steps: Sequence[jax.Array] | None = None,
+               method: str = "l2", grads: Mapping | None = None) -> dict:
+  """Returns a new parameter tree with every mapped kernel compressed by `plan`.
+
+  Args:
+    params: the 'params' collection (nested dict).
+    plan: a CompressionPlan with fields [num_blocks, num_kernels].
+    kmap: the kernel map of `params`.
+    masks: fixed neuron masks (from `compute_masks`); computed from `params`
+      when None. Fine-tuning passes the masks of the baseline, so they stay fixed.
+    steps: learned step sizes (from `init_steps`), used where gran is learned;
+      the LSQ initialisation when None.
+    method: structured pruning importance when masks are computed here.
+    grads: gradients for the 'taylor' importance.
+
+  Gradients flow straight through the quantizer (STE) to the kernels, and to
+  `steps` with the LSQ gradient.
+  """
+  check_inputs(params, plan, kmap)
+  if masks is None:
+    masks = compute_masks(params, plan, kmap, method=method, grads=grads)
+  flat = dict(traverse_util.flatten_dict(dict(params)))
+  step_list = list(steps) if steps is not None else [None] * len(kmap.entries)
+  results = map_groups(kmap, plan, compress_kernel,
+                       [_leaves(flat, kmap), _leaves(flat, kmap, "bias_path"), list(masks), step_list])
+  for entry, (w, bias) in zip(kmap.entries, results):
+    flat[entry.path] = w
+    if entry.bias_path is not None:
+      flat[entry.bias_path] = bias
+  return traverse_util.unflatten_dict(flat)
