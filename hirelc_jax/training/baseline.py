@@ -1,0 +1,52 @@
+"""Baseline training with an orbax cache keyed by model, data, seed and schedule."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+from typing import Callable, Optional
+
+import jax
+
+from hirelc_jax.training import checkpoint, loop
+
+
+def cache_root() -> pathlib.Path:
+  """$HIRELC_JAX_CACHE, or ~/.cache/hirelc_jax."""
+  return pathlib.Path(os.environ.get("HIRELC_JAX_CACHE", pathlib.Path.home() / ".cache" / "hirelc_jax"))
+
+
+def cache_key(spec, data, config: loop.TrainConfig, seed: int) -> str:
+  """A short hash of everything that determines the trained weights."""
+  ident = {"model": spec.name, "module": repr(spec.module), "dataset": data.name,
+           "n_train": len(data.x_train), "image_shape": list(data.image_shape),
+           "seed": seed, "schedule": dataclasses.asdict(config)}
+  digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+  return f"{spec.name}-{data.name}-s{seed}-{digest}"
+
+
+def train_baseline(spec, variables, data, config: loop.TrainConfig, seed: int, *,
+                   augment: Optional[Callable] = None, cache_dir: Optional[pathlib.Path] = None,
+                   quiet: bool = False):
+  """Trains `spec` from `variables` or returns the cached result of the same run.
+
+  Returns:
+    (variables, info): the best weights by validation accuracy and a dict with
+    val_accuracy, seconds, steps, history and cached (bool).
+  """
+  path = (cache_dir or cache_root() / "baselines") / cache_key(spec, data, config, seed)
+  if (path / "tree").exists():
+    restored = checkpoint.load_tree(path, variables)
+    return restored, {**checkpoint.load_meta(path), "cached": True, "path": str(path)}
+  model_state = {k: v for k, v in variables.items() if k != "params"}
+  result = loop.fit(spec.module, variables["params"], model_state, None, lambda t, _: t, data,
+                    config, jax.random.key(seed), augment=augment, desc=f"baseline {spec.name}",
+                    quiet=quiet)
+  trained = {"params": result.trainable, **result.model_state}
+  info = {"val_accuracy": result.best_val_accuracy, "seconds": result.seconds,
+          "steps": result.steps, "history": result.history}
+  checkpoint.save_tree(path, trained, meta=info)
+  return trained, {**info, "cached": False, "path": str(path)}

@@ -1,0 +1,60 @@
+"""Saving and restoring pytrees with orbax, with one-line errors for bad files."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+def save_tree(path: str | pathlib.Path, tree: Any, *, meta: dict | None = None) -> None:
+  """Writes `tree` to directory `path` (atomically: a temp dir renamed at the end)."""
+  path = pathlib.Path(path).absolute()
+  tmp = path.with_name(path.name + ".tmp")
+  if tmp.exists():
+    shutil.rmtree(tmp)
+  tmp.mkdir(parents=True)
+  with ocp.StandardCheckpointer() as ckpt:
+    ckpt.save(tmp / "tree", jax.tree.map(np.asarray, tree))
+    ckpt.wait_until_finished()
+  (tmp / "meta.json").write_text(json.dumps(meta or {}, indent=2))
+  if path.exists():
+    shutil.rmtree(path)
+  tmp.rename(path)
+
+
+def load_tree(path: str | pathlib.Path, like: Any | None = None) -> Any:
+  """Restores a tree saved by `save_tree` (or a plain orbax checkpoint directory).
+
+  Args:
+    path: the checkpoint directory.
+    like: an example tree (arrays or ShapeDtypeStructs) to restore into; its
+      structure and shapes are checked.
+
+  Raises:
+    ValueError: the directory is missing or does not hold a readable checkpoint.
+  """
+  path = pathlib.Path(path).absolute()
+  item = path / "tree" if (path / "tree").exists() else path
+  if not item.exists():
+    raise ValueError(f"checkpoint {path} does not exist")
+  try:
+    with ocp.StandardCheckpointer() as ckpt:
+      target = None if like is None else jax.tree.map(
+          lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
+          if not isinstance(x, jax.ShapeDtypeStruct) else x, like)
+      return ckpt.restore(item, target)
+  except Exception as err:  # orbax raises many types for a corrupt directory
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    raise ValueError(f"checkpoint {path} is unreadable or does not fit the model ({first[:200]})") from err
+
+
+def load_meta(path: str | pathlib.Path) -> dict:
+  """The metadata JSON written beside a tree by `save_tree` ({} if absent)."""
+  meta = pathlib.Path(path) / "meta.json"
+  return json.loads(meta.read_text()) if meta.exists() else {}

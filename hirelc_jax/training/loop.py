@@ -1,0 +1,221 @@
+"""Jitted training and evaluation of a classifier, for baselines and QAT.
+
+The trainable state may differ from the model's parameters: QAT trains
+``(params, steps)`` and maps them through a plan. A `ParamsFn`
+``(trainable, aux) -> params`` does that mapping inside the jitted step; `aux`
+is traced data (the plan and its masks), so one compilation serves every plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from hirelc_jax.training.progress import progress
+
+ParamsFn = Callable[[Any, Any], Mapping]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+  """One training schedule (baseline or fine-tune).
+
+  Attributes:
+    epochs: passes over the training split (may be fractional: 0.5 is half).
+    batch_size: examples per step.
+    lr: peak learning rate of AdamW.
+    warmup_frac: fraction of the steps spent warming up linearly.
+    weight_decay: AdamW decay, applied to matrices only (not biases/norms).
+    grad_clip: global-norm gradient clipping.
+    label_smoothing: cross-entropy label smoothing.
+    patience: epochs without validation improvement before stopping (0: never).
+    chunk: training steps per jitted call (one compilation, progress granularity).
+    eval_batch_size: examples per evaluation batch.
+  """
+  epochs: float = 10.0
+  batch_size: int = 128
+  lr: float = 1e-3
+  warmup_frac: float = 0.05
+  weight_decay: float = 0.05
+  grad_clip: float = 1.0
+  label_smoothing: float = 0.0
+  patience: int = 0
+  chunk: int = 50
+  eval_batch_size: int = 500
+
+  def __post_init__(self):
+    for name in ("epochs", "lr"):
+      if not getattr(self, name) > 0:
+        raise ValueError(f"{name}={getattr(self, name)} must be positive")
+    for name in ("batch_size", "chunk", "eval_batch_size"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
+
+
+@struct.dataclass
+class TrainState:
+  """Everything a training step changes."""
+  trainable: Any
+  model_state: Mapping  # non-parameter collections, e.g. {'batch_stats': ...}; {} if none
+  opt_state: Any
+  step: jax.Array
+
+
+def make_optimizer(config: TrainConfig, num_steps: int) -> optax.GradientTransformation:
+  """AdamW with linear warm-up and cosine decay; no decay on vectors (biases, norms)."""
+  warmup = max(1, int(config.warmup_frac * num_steps))
+  schedule = optax.warmup_cosine_decay_schedule(0.0, config.lr, warmup, max(num_steps, warmup + 1))
+  decay_mask = lambda tree: jax.tree.map(lambda x: jnp.ndim(x) > 1, tree)
+  return optax.chain(optax.clip_by_global_norm(config.grad_clip),
+                     optax.adamw(schedule, weight_decay=config.weight_decay, mask=decay_mask))
+
+
+def forward(module, params, model_state, x, *, train: bool):
+  """Logits and the updated non-parameter state (empty for stateless models)."""
+  variables = {"params": params, **model_state}
+  if train and model_state:
+    logits, new_state = module.apply(variables, x, train=True, mutable=list(model_state))
+    return logits, dict(new_state)
+  return module.apply(variables, x, train=train), model_state
+
+
+def make_train_chunk(module, tx: optax.GradientTransformation, params_fn: ParamsFn, *,
+                     augment: Optional[Callable] = None, label_smoothing: float = 0.0):
+  """Returns jitted ``chunk(state, aux, xs [S, B, ...], ys [S, B], key) -> (state, losses [S])``."""
+
+  def loss_fn(trainable, model_state, aux, x, y):
+    logits, new_state = forward(module, params_fn(trainable, aux), model_state, x, train=True)
+    labels = optax.smooth_labels(jax.nn.one_hot(y, logits.shape[-1]), label_smoothing)
+    return optax.softmax_cross_entropy(logits, labels).mean(), new_state
+
+  def step(carry, batch):
+    state, aux, key = carry
+    x, y = batch
+    key, sub = jax.random.split(key)
+    if augment is not None:
+      x = augment(sub, x)
+    (loss, new_model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.trainable, state.model_state, aux, x, y)
+    updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
+    trainable = optax.apply_updates(state.trainable, updates)
+    new = TrainState(trainable, new_model_state, opt_state, state.step + 1)
+    return (new, aux, key), loss
+
+  @jax.jit
+  def chunk(state, aux, xs, ys, key):
+    (state, _, _), losses = jax.lax.scan(step, (state, aux, key), (xs, ys))
+    return state, losses
+
+  return chunk
+
+
+def make_evaluate(module, params_fn: ParamsFn):
+  """Returns jitted ``evaluate(trainable, model_state, aux, xs [N, B, ...], ys, valid) -> correct``."""
+
+  @jax.jit
+  def evaluate(trainable, model_state, aux, xs, ys, valid):
+    params = params_fn(trainable, aux)
+
+    def body(total, batch):
+      x, y, v = batch
+      logits, _ = forward(module, params, model_state, x, train=False)
+      return total + jnp.sum((jnp.argmax(logits, -1) == y) & v), None
+
+    total, _ = jax.lax.scan(body, jnp.zeros((), jnp.int32), (xs, ys, valid))
+    return total
+
+  return evaluate
+
+
+def pad_batches(x: np.ndarray, y: np.ndarray, batch_size: int):
+  """Splits a split into [N, B, ...] batches; the last is padded and masked out."""
+  n = len(x)
+  nb = max(1, -(-n // batch_size))
+  pad = nb * batch_size - n
+  xp = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]) if pad else x
+  yp = np.concatenate([y, np.zeros((pad,), y.dtype)]) if pad else y
+  valid = np.arange(nb * batch_size) < n
+  shape = lambda a: a.reshape((nb, batch_size) + a.shape[1:])
+  return shape(xp), shape(yp), shape(valid)
+
+
+def accuracy(evaluate, trainable, model_state, aux, x, y, batch_size: int) -> float:
+  """Top-1 accuracy in percent over a whole split, the remainder counted exactly."""
+  xs, ys, valid = pad_batches(x, y, batch_size)
+  correct = evaluate(trainable, model_state, aux, xs, ys, valid)
+  return 100.0 * float(correct) / len(x)
+
+
+@dataclasses.dataclass
+class FitResult:
+  """What `fit` returns: the best state by validation accuracy, and its history."""
+  trainable: Any
+  model_state: Mapping
+  best_val_accuracy: float
+  history: list
+  seconds: float
+  steps: int
+
+
+def fit(module, trainable, model_state, aux, params_fn: ParamsFn, data, config: TrainConfig, key, *,
+        augment: Optional[Callable] = None, desc: str = "train", quiet: bool = False) -> FitResult:
+  """Trains with AdamW, evaluating on the validation split after each epoch.
+
+  Keeps the best state by validation accuracy and stops after `patience` epochs
+  without improvement. `data` needs x_train, y_train, x_val, y_val (numpy).
+  Raises FloatingPointError if the loss becomes NaN.
+  """
+  n_train = len(data.x_train)
+  steps_per_epoch = n_train // config.batch_size
+  if steps_per_epoch < 1:
+    raise ValueError(f"batch_size={config.batch_size} is larger than the {n_train} training examples")
+  total_steps = max(1, int(round(config.epochs * steps_per_epoch)))
+  chunk_len = min(config.chunk, total_steps)
+  total_chunks = -(-total_steps // chunk_len)
+  tx = make_optimizer(config, total_chunks * chunk_len)
+  state = TrainState(trainable, dict(model_state), tx.init(trainable), jnp.zeros((), jnp.int32))
+  run_chunk = make_train_chunk(module, tx, params_fn, augment=augment,
+                               label_smoothing=config.label_smoothing)
+  evaluate = make_evaluate(module, params_fn)
+  val = lambda s: accuracy(evaluate, s.trainable, s.model_state, aux, data.x_val, data.y_val,
+                           config.eval_batch_size)
+  rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel()[-1].item())
+  best = (val(state), state.trainable, state.model_state)
+  history, bad_epochs, start = [], 0, time.perf_counter()
+  order = np.empty(0, np.int64)
+  chunks_per_epoch = max(1, steps_per_epoch // chunk_len)
+  bar = progress(total=total_chunks, desc=desc, disable=quiet)
+  for c in range(total_chunks):
+    need = chunk_len * config.batch_size
+    if len(order) < need:
+      order = np.concatenate([order, rng.permutation(n_train)])
+    idx, order = order[:need], order[need:]
+    xs = data.x_train[idx].reshape((chunk_len, config.batch_size) + data.x_train.shape[1:])
+    ys = data.y_train[idx].reshape(chunk_len, config.batch_size)
+    state, losses = run_chunk(state, aux, xs, ys, jax.random.fold_in(key, c))
+    loss = float(losses.mean())
+    if not np.isfinite(loss):
+      bar.close()
+      raise FloatingPointError(f"{desc}: loss became {loss} at step {int(state.step)}; "
+                               "lower the learning rate or check the data")
+    bar.update(1)
+    bar.set_postfix(loss=f"{loss:.3f}", best_val=f"{best[0]:.2f}")
+    if (c + 1) % chunks_per_epoch == 0 or c + 1 == total_chunks:
+      acc = val(state)
+      history.append({"step": int(state.step), "loss": loss, "val_accuracy": acc,
+                      "seconds": time.perf_counter() - start})
+      if acc > best[0]:
+        best, bad_epochs = (acc, state.trainable, state.model_state), 0
+      else:
+        bad_epochs += 1
+        if config.patience and bad_epochs >= config.patience:
+          break
+  bar.close()
+  return FitResult(best[1], best[2], best[0], history, time.perf_counter() - start, int(state.step))

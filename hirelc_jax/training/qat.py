@@ -1,0 +1,83 @@
+"""Quantization-aware fine-tuning under a plan, and evaluating many plans at once."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hirelc_jax.compression.apply import apply_plan, compute_masks, init_steps
+from hirelc_jax.compression.kernel_map import KernelMap
+from hirelc_jax.compression.plan import CompressionPlan
+from hirelc_jax.training import loop
+
+
+def qat_params_fn(kmap: KernelMap):
+  """``(trainable=(params, steps), aux=(plan, masks)) -> compressed params`` with STE gradients."""
+  def params_fn(trainable, aux):
+    params, steps = trainable
+    plan, masks = aux
+    return apply_plan(params, plan, kmap, masks=masks, steps=steps)
+  return params_fn
+
+
+def finetune(module, variables: Mapping, plan: CompressionPlan, kmap: KernelMap, data,
+             config: loop.TrainConfig, key, *, augment=None, desc: str = "fine-tune",
+             quiet: bool = False):
+  """Fine-tunes `variables` under `plan` with fake quantization in the forward pass.
+
+  Masks are computed once from the starting weights and stay fixed; learned
+  step sizes start from the LSQ rule and train with the weights.
+
+  Returns:
+    (variables, FitResult): the best weights by validation accuracy, already
+    compressed (pruned neurons exactly zero, every kernel on its grid), and the
+    fit record.
+  """
+  params = variables["params"]
+  model_state = {k: v for k, v in variables.items() if k != "params"}
+  plan = plan.validate()
+  masks = compute_masks(params, plan, kmap)
+  steps = init_steps(params, plan, kmap, masks)
+  params_fn = qat_params_fn(kmap)
+  result = loop.fit(module, (params, steps), model_state, (plan, masks), params_fn, data, config,
+                    key, augment=augment, desc=desc, quiet=quiet)
+  compressed = jax.jit(params_fn)(result.trainable, (plan, masks))
+  return {"params": compressed, **result.model_state}, result
+
+
+def compress(variables: Mapping, plan: CompressionPlan, kmap: KernelMap) -> dict:
+  """The variables with `plan` applied (no fine-tuning)."""
+  return {**variables, "params": apply_plan(variables["params"], plan, kmap)}
+
+
+def make_evaluate_plans(module, kmap: KernelMap):
+  """Returns jitted ``f(params, model_state, plans [P,...], xs, ys, valid) -> correct [P]``.
+
+  Each plan is applied once (vmapped over plans); the data batches are then
+  scanned with a forward pass vmapped over the P compressed models.
+  """
+  @jax.jit
+  def evaluate_plans(params, model_state, plans, xs, ys, valid):
+    compressed = jax.vmap(lambda p: apply_plan(params, p, kmap))(plans)
+
+    def body(total, batch):
+      x, y, v = batch
+      logits = jax.vmap(lambda p: loop.forward(module, p, model_state, x, train=False)[0])(compressed)
+      return total + jnp.sum((jnp.argmax(logits, -1) == y) & v, axis=-1), None
+
+    total, _ = jax.lax.scan(body, jnp.zeros(plans.bits.shape[0], jnp.int32), (xs, ys, valid))
+    return total
+
+  return evaluate_plans
+
+
+def plan_accuracies(evaluate_plans, variables: Mapping, plans: CompressionPlan, x: np.ndarray,
+                    y: np.ndarray, batch_size: int) -> np.ndarray:
+  """Top-1 accuracy in percent of each plan in a batch, over a whole split."""
+  model_state = {k: v for k, v in variables.items() if k != "params"}
+  xs, ys, valid = loop.pad_batches(x, y, batch_size)
+  correct = evaluate_plans(variables["params"], model_state, plans, xs, ys, valid)
+  return 100.0 * np.asarray(correct) / len(x)
