@@ -1,0 +1,285 @@
+"""Fake quantization of weight kernels with traced bits, format and granularity.
+
+`fake_quant` returns the dequantized kernel (same shape and dtype) with a
+straight-through gradient. Bits, format code and granularity code are traced
+int32 scalars: one compiled function serves every combination (the
+granularity picks a `lax.switch` branch; INT versus minifloat is a
+`jnp.where`; bit-dependent constants come from lookup tables).
+
+Kernels follow Flax: dense ``[in, out]``, conv ``[h, w, in, out]``; the output
+channel is the last axis (`channel_axis`), and per-channel statistics reduce
+over every other axis.
+
+Grids by granularity (codes in `codes.py`):
+  * uniform: symmetric, one scale per tensor, ``s = absmax / limit`` where the
+    limit is ``qmax = 2**(b-1) - 1`` (INT) or the format's max finite value.
+  * per_channel: the same with one absmax scale per output channel.
+  * learned: one trainable step per output channel (LSQ, Esser et al. 2020);
+    the step gets the LSQ gradient and the weights the clipped STE.
+  * log: sign plus ``L = 2**(b-1) - 1`` power-of-two magnitudes
+    ``s * 2**-k``, ``k = 0..L-1``, with ``s`` the tensor absmax; the exponent
+    is rounded in the log domain. Exact zeros stay zero and never enter a log,
+    so pruned weights do not stretch the range. The format code is ignored: a
+    log grid already is a pure-exponent float.
+  * asymmetric (INT only): min/max scale ``(max - min) / (2**b - 1)`` and a
+    zero point. With a minifloat format it is treated as uniform (host-side
+    validation rejects that combination; jitted code must not crash).
+
+The public functions are jitted (with `channel_axis` static) so that eager calls
+reuse one compilation per shape; inside an outer `jit`, `vmap` or `grad` they
+inline as usual.
+
+Edge cases: bits == 32 (`codes.FP32_BITS`) returns the input unchanged; other
+out-of-range codes are clamped (bits to 2..8, format to 0..2, granularity to
+0..4). A zero scale (all-zero tensor or channel, or a learned step <= 0)
+gives exact zeros; a constant tensor under asymmetric is returned unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from hirelc_jax.compression import codes
+from hirelc_jax.compression import formats
+
+_CANDIDATE_BITS = tuple(range(codes.MIN_BITS, codes.MAX_BITS + 1))
+
+
+def _ste(x: jax.Array, y: jax.Array) -> jax.Array:
+  """Value of `y` with the gradient of `x` (identity); exact: ``(x - x) + y == y``."""
+  return x - lax.stop_gradient(x) + lax.stop_gradient(y)
+
+
+def _div(a: jax.Array, b: jax.Array) -> jax.Array:
+  """Correctly rounded ``a / b`` with broadcasting.
+
+  XLA rewrites ``a / broadcast(b)`` as ``a * broadcast(1 / b)``, which is off by
+  an ulp now and then; dividing by a full-shape operand behind an optimization
+  barrier keeps the IEEE quotient, so quantization is reproducible and
+  idempotent.
+  """
+  a, b = jnp.broadcast_arrays(a, b)
+  return a / lax.optimization_barrier(b)
+
+
+def _clamp_bits(bits) -> jax.Array:
+  return jnp.clip(jnp.asarray(bits, jnp.int32), codes.MIN_BITS, codes.MAX_BITS)
+
+
+def _clamp_fmt(fmt) -> jax.Array:
+  return jnp.clip(jnp.asarray(fmt, jnp.int32), 0, len(codes.FORMATS) - 1)
+
+
+def int_qmax(bits) -> jax.Array:
+  """Largest symmetric INT level ``2**(b-1) - 1`` as float32 (bits clamped to 2..8)."""
+  return (formats.pow2(_clamp_bits(bits) - 1) - 1.0).astype(jnp.float32)
+
+
+def grid_limit(bits, fmt) -> jax.Array:
+  """Largest grid value in scale units: ``qmax`` for INT, max finite for minifloats.
+
+  Args:
+    bits: int32 scalar bit width (traced).
+    fmt: int32 scalar format code (traced).
+
+  Returns:
+    float32 scalar.
+  """
+  fmt = _clamp_fmt(fmt)
+  return jnp.where(fmt == codes.INT, int_qmax(bits),
+                   formats.format_params(fmt, bits).max_finite)
+
+
+def _round_to_grid(v: jax.Array, bits, fmt) -> jax.Array:
+  """Rounds `v` (scale units, inside +-limit) to the INT or minifloat grid."""
+  fmt = _clamp_fmt(fmt)
+  return jnp.where(fmt == codes.INT, jnp.round(v), formats.minifloat_round(v, fmt, bits))
+
+
+def _channel_layout(w: jax.Array, channel_axis: int) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+  """Returns (axis, reduce axes, broadcast shape of a per-channel vector)."""
+  axis = channel_axis % w.ndim
+  reduce_axes = tuple(i for i in range(w.ndim) if i != axis)
+  bshape = tuple(w.shape[i] if i == axis else 1 for i in range(w.ndim))
+  return axis, reduce_axes, bshape
+
+
+def _symmetric(w: jax.Array, scale: jax.Array, bits, fmt) -> jax.Array:
+  """``round_ste(clip(w / scale)) * scale`` on the symmetric grid; zero scale gives 0.
+
+  Args:
+    w: float32 kernel.
+    scale: float32 scale broadcastable to `w` (scalar or per channel).
+    bits: int32 scalar bit width.
+    fmt: int32 scalar format code.
+
+  Returns:
+    float32 array of `w`'s shape, differentiable wrt `w` (clipped STE) and
+    `scale` (LSQ gradient).
+  """
+  ok = scale > 0
+  safe = jnp.where(ok, scale, 1.0)
+  lim = grid_limit(bits, fmt)
+  v = jnp.clip(_div(w, safe), -lim, lim)
+  q = _ste(v, _round_to_grid(v, bits, fmt)) * safe
+  return jnp.where(ok, q, 0.0)
+
+
+def _log(w: jax.Array, bits) -> jax.Array:
+  """Sign plus power-of-two levels ``absmax * 2**-k``, ``k`` in 0..L-1; zeros stay zero."""
+  levels = int_qmax(bits).astype(jnp.int32)  # L = 2**(b-1) - 1 nonzero magnitudes.
+  a = jnp.abs(w)
+  s = jnp.max(a)
+  nonzero = a > 0
+  safe_s = jnp.where(s > 0, s, 1.0)
+  ratio = jnp.where(nonzero, _div(a, safe_s), 1.0)
+  k = jnp.clip(jnp.round(jnp.log2(ratio)), -(levels - 1), 0).astype(jnp.int32)
+  return jnp.where(nonzero, jnp.sign(w) * (safe_s * formats.pow2(k)), 0.0)
+
+
+def _asymmetric(w: jax.Array, bits) -> jax.Array:
+  """Per-tensor min/max grid with ``2**b`` levels and a zero point."""
+  n = formats.pow2(_clamp_bits(bits)) - 1.0
+  lo, hi = jnp.min(w), jnp.max(w)
+  s = _div(hi - lo, n)
+  ok = s > 0
+  safe = jnp.where(ok, s, 1.0)
+  z = jnp.round(_div(-lo, safe))
+  q = (jnp.clip(jnp.round(_div(w, safe)) + z, 0.0, n) - z) * safe
+  return jnp.where(ok, q, w)
+
+
+@functools.partial(jax.jit, static_argnames=("channel_axis",))
+def init_step(w: jax.Array, bits, fmt, *, channel_axis: int = -1) -> jax.Array:
+  """Initial learned step per output channel.
+
+  INT uses the LSQ rule ``2 * mean|w| / sqrt(qmax)``; a minifloat format uses
+  ``absmax / max_finite`` so that the grid covers the channel.
+
+  Args:
+    w: float kernel, e.g. ``[in, out]`` or ``[h, w, in, out]``.
+    bits: int32 scalar bit width (traced; clamped to 2..8).
+    fmt: int32 scalar format code (traced).
+    channel_axis: the output-channel axis.
+
+  Returns:
+    float32 array of shape ``[w.shape[channel_axis]]``.
+  """
+  chex.assert_type(w, float)
+  w32 = jnp.asarray(w, jnp.float32)
+  _, reduce_axes, _ = _channel_layout(w32, channel_axis)
+  a = jnp.abs(w32)
+  int_step = _div(2.0 * jnp.mean(a, axis=reduce_axes), jnp.sqrt(int_qmax(bits)))
+  float_step = _div(jnp.max(a, axis=reduce_axes), grid_limit(bits, fmt))
+  return jnp.where(_clamp_fmt(fmt) == codes.INT, int_step, float_step)
+
+
+@functools.partial(jax.jit, static_argnames=("channel_axis",))
+def fake_quant(w: jax.Array, bits, fmt, gran, step: jax.Array | None = None, *,
+               channel_axis: int = -1) -> jax.Array:
+  """Quantizes and dequantizes a kernel; one compiled function for all codes.
+
+  Args:
+    w: float kernel of rank >= 1, e.g. ``[in, out]`` or ``[h, w, in, out]``.
+    bits: int32 scalar bit width 2..8, or 32 for the identity (traced).
+    fmt: int32 scalar format code, `codes.FORMATS` (traced).
+    gran: int32 scalar granularity code, `codes.GRANULARITIES` (traced).
+    step: float learned step ``[w.shape[channel_axis]]``, read only by the
+      learned granularity; None uses `init_step` (without gradient).
+    channel_axis: the output-channel axis (static).
+
+  Returns:
+    Array of `w`'s shape and dtype. Non-learned modes have the straight-through
+    gradient (identity) wrt `w`; learned has the clipped STE wrt `w` and the
+    LSQ gradient wrt `step`.
+  """
+  chex.assert_type(w, float)
+  chex.assert_rank(w, {1, 2, 3, 4, 5})
+  bits, fmt, gran = (jnp.asarray(c, jnp.int32) for c in (bits, fmt, gran))
+  chex.assert_rank([bits, fmt, gran], 0)
+  axis, reduce_axes, bshape = _channel_layout(w, channel_axis)
+  w32 = w.astype(jnp.float32)
+  if step is None:
+    step = lax.stop_gradient(init_step(w32, bits, fmt, channel_axis=channel_axis))
+  else:
+    chex.assert_shape(step, (w.shape[axis],))
+  step_b = jnp.reshape(jnp.asarray(step, jnp.float32), bshape)
+
+  fmt_c = _clamp_fmt(fmt)
+  gran_c = jnp.clip(gran, 0, len(codes.GRANULARITIES) - 1)
+  gran_c = jnp.where((gran_c == codes.ASYMMETRIC) & (fmt_c != codes.INT), codes.UNIFORM, gran_c)
+  lim = grid_limit(bits, fmt_c)
+
+  def uniform():
+    return _ste(w32, _symmetric(w32, _div(jnp.max(jnp.abs(w32)), lim), bits, fmt_c))
+
+  def log():
+    return _ste(w32, _log(w32, bits))
+
+  def per_channel():
+    absmax = jnp.max(jnp.abs(w32), axis=reduce_axes, keepdims=True)
+    return _ste(w32, _symmetric(w32, _div(absmax, lim), bits, fmt_c))
+
+  def learned():
+    return _symmetric(w32, step_b, bits, fmt_c)
+
+  def asymmetric():
+    return _ste(w32, _asymmetric(w32, bits))
+
+  branches = [None] * len(codes.GRANULARITIES)
+  branches[codes.UNIFORM], branches[codes.LOG] = uniform, log
+  branches[codes.PER_CHANNEL], branches[codes.LEARNED] = per_channel, learned
+  branches[codes.ASYMMETRIC] = asymmetric
+
+  def quantized():
+    return lax.switch(gran_c, branches).astype(w.dtype)
+
+  return lax.cond(bits == codes.FP32_BITS, lambda: w, quantized)
+
+
+@functools.partial(jax.jit, static_argnames=("channel_axis",))
+def quant_error(w: jax.Array, bits, fmt, gran, *, channel_axis: int = -1) -> jax.Array:
+  """Relative L2 error ``||fake_quant(w) - w|| / ||w||`` (0 for an all-zero `w`).
+
+  Args:
+    w: float kernel of rank >= 1.
+    bits, fmt, gran: int32 scalar codes (traced); learned uses `init_step`.
+    channel_axis: the output-channel axis (static).
+
+  Returns:
+    float32 scalar.
+  """
+  chex.assert_type(w, float)
+  w32 = jnp.asarray(w, jnp.float32)
+  q = fake_quant(w32, bits, fmt, gran, channel_axis=channel_axis)
+  den = jnp.linalg.norm(w32.ravel())
+  num = jnp.linalg.norm((q - w32).ravel())
+  return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
+
+
+@functools.partial(jax.jit, static_argnames=("channel_axis",))
+def select_bits(w: jax.Array, tol, fmt, gran, *, channel_axis: int = -1) -> jax.Array:
+  """Smallest bit width in 2..8 whose relative error is <= `tol`, else 32.
+
+  All seven candidates are evaluated at once with `jax.vmap`. When even 8 bits
+  misses the tolerance the kernel is kept unquantized (`codes.FP32_BITS`).
+
+  Args:
+    w: float kernel of rank >= 1.
+    tol: float scalar tolerance on `quant_error` (traced).
+    fmt, gran: int32 scalar codes (traced).
+    channel_axis: the output-channel axis (static).
+
+  Returns:
+    int32 scalar bit width.
+  """
+  chex.assert_type(w, float)
+  candidates = jnp.asarray(_CANDIDATE_BITS, jnp.int32)
+  errors = jax.vmap(lambda b: quant_error(w, b, fmt, gran, channel_axis=channel_axis))(candidates)
+  ok = errors <= tol
+  return jnp.where(jnp.any(ok), candidates[jnp.argmax(ok)], jnp.int32(codes.FP32_BITS))

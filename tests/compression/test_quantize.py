@@ -1,0 +1,340 @@
+"""Tests for compression/quantize.py: fake quantization with traced codes."""
+
+from __future__ import annotations
+
+import chex
+import hypothesis
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+from absl.testing import absltest
+from absl.testing import parameterized
+
+from hirelc_jax.compression import codes
+from hirelc_jax.compression import formats
+from hirelc_jax.compression import quantize
+
+# One jitted function shared by every test: codes are traced int32 scalars.
+_FQ = jax.jit(quantize.fake_quant, static_argnames="channel_axis")
+_INIT_STEP = jax.jit(quantize.init_step, static_argnames="channel_axis")
+SHAPES = [(16, 8), (3, 3, 4, 6)]
+VALID = [(f, g) for f in range(len(codes.FORMATS)) for g in range(len(codes.GRANULARITIES))
+         if not (g == codes.ASYMMETRIC and f != codes.INT)]
+FEW = hypothesis.settings(max_examples=25, deadline=None)
+
+
+def _i32(*values):
+  return tuple(jnp.asarray(v, jnp.int32) for v in values)
+
+
+def _weights(seed: int, shape, scale: float = 1.0) -> jax.Array:
+  rng = np.random.default_rng(seed)
+  return jnp.asarray(rng.standard_normal(shape) * scale, jnp.float32)
+
+
+def _fq(w, bits, fmt, gran, step=None) -> np.ndarray:
+  return np.asarray(_FQ(w, *_i32(bits, fmt, gran), step))
+
+
+def _ulp_diff(a, b) -> int:
+  """Largest distance in float32 ulps (canonicalizing -0 to +0)."""
+  a = (np.asarray(a, np.float32) + np.float32(0)).view(np.int32).astype(np.int64)
+  b = (np.asarray(b, np.float32) + np.float32(0)).view(np.int32).astype(np.int64)
+  return int(np.abs(a - b).max())
+
+
+def _per_channel(x: np.ndarray) -> np.ndarray:
+  """[..., C] -> [N, C]."""
+  return x.reshape(-1, x.shape[-1])
+
+
+def _fixed_step(w, bits, fmt):
+  return _INIT_STEP(w, *_i32(bits, fmt))
+
+
+class FakeQuantVariantsTest(chex.TestCase):
+  """Core numeric properties, with and without jit."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters(
+      ("int_uniform_4", 4, codes.INT, codes.UNIFORM),
+      ("float_per_channel_6", 6, codes.FLOAT, codes.PER_CHANNEL),
+      ("float_exp_log_3", 3, codes.FLOAT_EXP, codes.LOG),
+      ("int_asymmetric_5", 5, codes.INT, codes.ASYMMETRIC),
+      ("float_learned_8", 8, codes.FLOAT, codes.LEARNED),
+  )
+  def test_core(self, bits, fmt, gran):
+    w = _weights(0, (16, 8))
+    step = _fixed_step(w, bits, fmt)
+    fq = self.variant(quantize.fake_quant)
+    q = fq(w, *_i32(bits, fmt, gran), step)
+    chex.assert_shape(q, w.shape)
+    chex.assert_type(q, jnp.float32)
+    chex.assert_tree_all_finite(q)
+    q2 = fq(q, *_i32(bits, fmt, gran), step)
+    self.assertLessEqual(_ulp_diff(q, q2), 0 if gran in (codes.UNIFORM, codes.LOG) else 1)
+    per_group = _per_channel(np.asarray(q)) if gran in (codes.PER_CHANNEL, codes.LEARNED) else np.asarray(q).reshape(-1, 1)
+    for col in per_group.T:
+      self.assertLessEqual(np.unique(col).size, 2 ** bits)
+    ident = fq(w, *_i32(codes.FP32_BITS, fmt, gran), step)
+    np.testing.assert_array_equal(np.asarray(ident), np.asarray(w))
+
+
+@FEW
+@hypothesis.given(seed=st.integers(0, 2 ** 16), shape=st.sampled_from(SHAPES),
+                  scale=st.sampled_from([1e-3, 1.0, 50.0]), bits=st.integers(2, 8),
+                  codes_=st.sampled_from(VALID))
+def test_idempotent(seed, shape, scale, bits, codes_):
+  fmt, gran = codes_
+  w = _weights(seed, shape, scale)
+  step = _fixed_step(w, bits, fmt) if gran == codes.LEARNED else None
+  q = _fq(w, bits, fmt, gran, step)
+  q2 = _fq(jnp.asarray(q), bits, fmt, gran, step)
+  exact = gran == codes.LOG or (gran == codes.UNIFORM and fmt == codes.INT)
+  assert _ulp_diff(q, q2) <= (0 if exact else 1)
+
+
+@FEW
+@hypothesis.given(seed=st.integers(0, 2 ** 16), shape=st.sampled_from(SHAPES),
+                  bits=st.integers(2, 8),
+                  gran=st.sampled_from([codes.UNIFORM, codes.PER_CHANNEL, codes.ASYMMETRIC]))
+def test_int_error_within_half_step(seed, shape, bits, gran):
+  w = np.asarray(_weights(seed, shape))
+  q = _fq(jnp.asarray(w), bits, codes.INT, gran)
+  qmax = 2.0 ** (bits - 1) - 1
+  if gran == codes.UNIFORM:
+    s = np.abs(w).max() / qmax
+  elif gran == codes.PER_CHANNEL:
+    s = np.abs(_per_channel(w)).max(0) / qmax
+  else:
+    s = (w.max() - w.min()) / (2.0 ** bits - 1)
+  assert (np.abs(w - q) <= s / 2 * (1 + 1e-5) + 1e-7).all()
+
+
+@FEW
+@hypothesis.given(seed=st.integers(0, 2 ** 16), shape=st.sampled_from(SHAPES),
+                  bits=st.integers(2, 8), codes_=st.sampled_from(VALID))
+def test_level_counts(seed, shape, bits, codes_):
+  fmt, gran = codes_
+  w = _weights(seed, shape)
+  q = _fq(w, bits, fmt, gran)
+  groups = _per_channel(q) if gran in (codes.PER_CHANNEL, codes.LEARNED) else q.reshape(-1, 1)
+  symmetric_int = fmt == codes.INT and gran in (codes.UNIFORM, codes.PER_CHANNEL, codes.LEARNED)
+  limit = 2 ** bits - 1 if symmetric_int or gran == codes.LOG else 2 ** bits
+  for col in groups.T:
+    assert np.unique(col + np.float32(0)).size <= limit
+
+
+@FEW
+@hypothesis.given(seed=st.integers(0, 2 ** 16), codes_=st.sampled_from(VALID),
+                  dtype=st.sampled_from([jnp.float32, jnp.bfloat16]))
+def test_fp32_is_identity(seed, codes_, dtype):
+  w = _weights(seed, (16, 8)).astype(dtype)
+  q = _FQ(w, *_i32(codes.FP32_BITS, *codes_))
+  assert q.dtype == dtype
+  np.testing.assert_array_equal(np.asarray(q).view(np.uint16 if dtype == jnp.bfloat16 else np.uint32),
+                                np.asarray(w).view(np.uint16 if dtype == jnp.bfloat16 else np.uint32))
+
+
+def test_bfloat16_keeps_dtype():
+  w = _weights(0, (16, 8)).astype(jnp.bfloat16)
+  q = _FQ(w, *_i32(4, codes.INT, codes.PER_CHANNEL))
+  assert q.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(q)))
+
+
+ML_CASES = [(ml_dtypes.float4_e2m1fn, codes.FLOAT, 4), (ml_dtypes.float6_e2m3fn, codes.FLOAT, 6),
+            (ml_dtypes.float6_e3m2fn, codes.FLOAT_EXP, 6), (ml_dtypes.float8_e4m3fn, codes.FLOAT, 8),
+            (ml_dtypes.float8_e5m2, codes.FLOAT_EXP, 8)]
+
+
+@FEW
+@hypothesis.given(seed=st.integers(0, 2 ** 16), shape=st.sampled_from(SHAPES),
+                  case=st.sampled_from(ML_CASES))
+def test_float_uniform_matches_ml_dtypes(seed, shape, case):
+  dtype, fmt, bits = case
+  w = np.asarray(_weights(seed, shape))
+  q = _fq(jnp.asarray(w), bits, fmt, codes.UNIFORM) + np.float32(0)
+  s = np.float32(np.abs(w).max()) / formats.MAX_FINITE[fmt, bits]
+  want = (w / s).astype(dtype).astype(np.float32) * s + np.float32(0)
+  np.testing.assert_array_equal(q.view(np.uint32), want.view(np.uint32))
+  ratio = q / s  # representable up to the rounding of the division itself
+  np.testing.assert_allclose(ratio, ratio.astype(dtype).astype(np.float32), rtol=2 ** -22, atol=0)
+
+
+@FEW
+@hypothesis.given(seed=st.integers(0, 2 ** 16), fmt_bits=st.sampled_from(
+    [(f, b) for f in (codes.FLOAT, codes.FLOAT_EXP) for b in range(2, 9)]))
+def test_float_uniform_levels_on_grid(seed, fmt_bits):
+  fmt, bits = fmt_bits
+  w = np.asarray(_weights(seed, (16, 8)))
+  q = _fq(jnp.asarray(w), bits, fmt, codes.UNIFORM)
+  s = np.float32(np.abs(w).max()) / formats.MAX_FINITE[fmt, bits]
+  ratio = jnp.asarray(q / s)
+  regrid = np.asarray(formats.minifloat_round(ratio, jnp.int32(fmt), jnp.int32(bits)))
+  np.testing.assert_allclose(q / s, regrid, rtol=2 ** -22, atol=0)
+
+
+@FEW
+@hypothesis.given(seed=st.integers(0, 2 ** 16), shape=st.sampled_from(SHAPES),
+                  bits=st.integers(2, 8), fmt=st.integers(0, 2))
+def test_log_grid(seed, shape, bits, fmt):
+  w = np.asarray(_weights(seed, shape))
+  w = np.where(np.random.default_rng(seed).random(shape) < 0.3, 0.0, w).astype(np.float32)
+  q = _fq(jnp.asarray(w), bits, fmt, codes.LOG)
+  np.testing.assert_array_equal(q[w == 0], 0.0)
+  s = np.abs(w).max()
+  nz = q[q != 0]
+  mant, expo = np.frexp(np.abs(nz) / s)
+  np.testing.assert_array_equal(mant, 0.5)  # |q| = s * 2**-k exactly
+  levels = 2 ** (bits - 1) - 1
+  assert ((1 - expo >= 0) & (1 - expo <= levels - 1)).all()
+  np.testing.assert_array_equal(np.sign(nz), np.sign(w[q != 0]))
+
+
+def test_log_pruning_does_not_stretch_range():
+  w = np.array(_weights(3, (16, 8)))
+  w[0, 0] = 5.0  # absmax lives in a kept row
+  pruned = w.copy()
+  pruned[8:] = 0.0
+  for bits in (2, 3, 4, 8):
+    q = _fq(jnp.asarray(w), bits, codes.INT, codes.LOG)
+    qp = _fq(jnp.asarray(pruned), bits, codes.INT, codes.LOG)
+    np.testing.assert_array_equal(qp[:8], q[:8])
+    np.testing.assert_array_equal(qp[8:], 0.0)
+
+
+def _grads(w, step, u, bits, fmt):
+  def loss_sq(s):
+    return jnp.sum(quantize.fake_quant(w, *_i32(bits, fmt, codes.LEARNED), s) ** 2)
+
+  def loss_lin(x):
+    return jnp.sum(quantize.fake_quant(x, *_i32(bits, fmt, codes.LEARNED), step) * u)
+  return jax.grad(loss_sq)(step), jax.grad(loss_lin)(w)
+
+
+_LEARNED_GRADS = jax.jit(_grads)
+
+
+@FEW
+@hypothesis.given(seed=st.integers(0, 2 ** 16), bits=st.integers(2, 8), fmt=st.integers(0, 2))
+def test_learned_gradients(seed, bits, fmt):
+  w = _weights(seed, (16, 8))
+  step = _fixed_step(w, bits, fmt) * 0.9  # some weights clip
+  u = _weights(seed + 1, (16, 8))
+  g_step, g_w = _LEARNED_GRADS(w, step, u, *_i32(bits, fmt))
+  g_step = np.asarray(g_step)
+  assert np.isfinite(g_step).all() and (g_step != 0).any()
+  lim = float(quantize.grid_limit(*_i32(bits, fmt)))
+  v = np.asarray(w) / np.asarray(step)
+  inside = np.abs(v) < lim
+  assert not np.any(np.isclose(np.abs(v), lim))  # no ties at the clip boundary
+  # d(clip(w / step) * step) / dw is 1 up to the rounding of step * (1 / step).
+  np.testing.assert_allclose(np.asarray(g_w), np.where(inside, np.asarray(u), 0.0), rtol=1e-6, atol=0)
+
+
+_STE_GRAD = jax.jit(jax.grad(lambda w, b, f, g: jnp.sum(quantize.fake_quant(w, b, f, g))))
+
+
+def test_straight_through_gradient():
+  w = _weights(0, (16, 8))
+  for fmt, gran in VALID:
+    if gran == codes.LEARNED:
+      continue
+    g = _STE_GRAD(w, *_i32(4, fmt, gran))
+    np.testing.assert_array_equal(np.asarray(g), np.ones(w.shape, np.float32))
+
+
+def test_one_compilation_for_all_codes():
+  traces = []
+
+  def f(w, bits, fmt, gran):
+    traces.append(1)
+    return quantize.fake_quant(w, bits, fmt, gran)
+
+  jf = chex.assert_max_traces(f, n=1)
+  jf = jax.jit(jf)
+  w = _weights(0, (16, 8))
+  combos = [(b, f, g) for b in (2, 4, 8, 32) for f, g in VALID[::2]]
+  assert len(combos) >= 10
+  outs = [np.asarray(jf(w, *_i32(*c))) for c in combos]
+  assert len(traces) == 1
+  assert len({o.tobytes() for o in outs}) > 5
+
+
+def test_all_zero_gives_zeros():
+  w = jnp.zeros((16, 8), jnp.float32)
+  for fmt, gran in VALID:
+    for bits in (2, 8):
+      q = _fq(w, bits, fmt, gran)
+      np.testing.assert_array_equal(q, 0.0)
+      g = _STE_GRAD(w, *_i32(bits, fmt, gran))
+      assert np.isfinite(np.asarray(g)).all()
+  zero_col = np.array(_weights(0, (16, 8)))
+  zero_col[:, 3] = 0.0
+  for gran in (codes.PER_CHANNEL, codes.LEARNED):
+    q = _fq(jnp.asarray(zero_col), 4, codes.FLOAT, gran)
+    np.testing.assert_array_equal(q[:, 3], 0.0)
+    assert np.isfinite(q).all()
+
+
+def test_asymmetric_float_is_uniform():
+  w = _weights(0, (16, 8))
+  np.testing.assert_array_equal(_fq(w, 5, codes.FLOAT, codes.ASYMMETRIC),
+                                _fq(w, 5, codes.FLOAT, codes.UNIFORM))
+
+
+def test_channel_axis():
+  w = _weights(0, (16, 8))
+  q = _fq(w, 4, codes.INT, codes.PER_CHANNEL)
+  qt = _FQ(w.T, *_i32(4, codes.INT, codes.PER_CHANNEL), channel_axis=0)
+  np.testing.assert_array_equal(np.asarray(qt), q.T)
+
+
+def test_vmap_over_codes():
+  w = _weights(0, (16, 8))
+  combos = np.asarray([(3, 0, 0), (4, 1, 2), (5, 2, 1), (32, 0, 3), (6, 0, 4)], np.int32)
+  batched = jax.jit(jax.vmap(quantize.fake_quant, in_axes=(None, 0, 0, 0)))(
+      w, *(jnp.asarray(combos[:, i]) for i in range(3)))
+  for row, out in zip(combos, np.asarray(batched)):
+    np.testing.assert_array_equal(out, _fq(w, *row))
+
+
+def test_init_step():
+  w = _weights(0, (3, 3, 4, 6))
+  step = np.asarray(_fixed_step(w, 4, codes.INT))
+  a = np.abs(_per_channel(np.asarray(w)))
+  np.testing.assert_allclose(step, 2 * a.mean(0) / np.sqrt(7.0), rtol=1e-6)
+  step_f = np.asarray(_fixed_step(w, 8, codes.FLOAT))
+  np.testing.assert_allclose(step_f, a.max(0) / 448.0, rtol=1e-6)
+
+
+def test_golden_mae():
+  w = jax.random.normal(jax.random.key(0), (64, 32), jnp.float32)
+  mae4 = float(jnp.mean(jnp.abs(_FQ(w, *_i32(4, codes.INT, codes.UNIFORM)) - w)))
+  mae8 = float(jnp.mean(jnp.abs(_FQ(w, *_i32(8, codes.INT, codes.UNIFORM)) - w)))
+  np.testing.assert_allclose(mae4, GOLDEN_MAE4, rtol=1e-5)
+  np.testing.assert_allclose(mae8, GOLDEN_MAE8, rtol=1e-5)
+
+
+GOLDEN_MAE4 = 0.14213286340236664
+GOLDEN_MAE8 = 0.00777144730091095
+
+
+def test_quant_error_and_select_bits():
+  w = _weights(0, (16, 8))
+  fmt, gran = _i32(codes.INT, codes.PER_CHANNEL)
+  quant_error = jax.jit(quantize.quant_error)
+  errors = np.asarray([quant_error(w, jnp.int32(b), fmt, gran) for b in range(2, 9)])
+  assert (np.diff(errors) < 0).all() and errors[-1] > 0
+  select = jax.jit(quantize.select_bits)
+  for tol in (errors[3], (errors[3] + errors[4]) / 2, 1.0):
+    want = 2 + int(np.argmax(errors <= tol))
+    assert int(select(w, jnp.float32(tol), fmt, gran)) == want
+  assert int(select(w, jnp.float32(0.0), fmt, gran)) == codes.FP32_BITS
+  assert float(quant_error(jnp.zeros((16, 8)), *_i32(4, 0, 0))) == 0.0
+
+
+if __name__ == "__main__":
+  absltest.main()
