@@ -70,6 +70,11 @@ class KernelMap:
     return mask
 
 
+def _shape(leaf) -> tuple[int, ...]:
+  """Shape of an array or a jax.ShapeDtypeStruct."""
+  return tuple(getattr(leaf, "shape", np.shape(leaf)))
+
+
 def _as_rule(rule) -> tuple[re.Pattern, str]:
   if len(rule) != 2:
     raise ValueError(f"kernel rule {rule!r} must be a (regex, kernel_name) pair")
@@ -107,8 +112,8 @@ def build_kernel_map(params: Mapping, rules: Sequence[tuple[str, str]],
       match = pattern.search(joined)
       if not match:
         continue
-      if np.ndim(leaf) < 2:
-        raise ValueError(f"kernel rule {pattern.pattern!r} matched {joined!r} of shape {np.shape(leaf)}; "
+      if len(_shape(leaf)) < 2:
+        raise ValueError(f"kernel rule {pattern.pattern!r} matched {joined!r} of shape {_shape(leaf)}; "
                          "rules must match weight matrices or conv kernels")
       block, kernel = int(match.group("block")), kernel_names.index(name)
       if (block, kernel) in slots:
@@ -116,8 +121,8 @@ def build_kernel_map(params: Mapping, rules: Sequence[tuple[str, str]],
       slots[(block, kernel)] = joined
       bias_path = path[:-1] + ("bias",)
       bias = flat.get(bias_path)
-      has_bias = bias is not None and np.shape(bias) == (np.shape(leaf)[-1],)
-      entries.append(KernelEntry(tuple(path), block, kernel, tuple(np.shape(leaf)),
+      has_bias = bias is not None and _shape(bias) == (_shape(leaf)[-1],)
+      entries.append(KernelEntry(tuple(path), block, kernel, _shape(leaf),
                                  bias_path if has_bias else None))
       break
   if not entries:

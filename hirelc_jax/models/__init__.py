@@ -12,22 +12,21 @@ Example::
   spec = build_model("vit_mu", num_classes=10, image_shape=(28, 28, 1))
   variables = init_params(spec, jax.random.key(0))
   logits = spec.module.apply(variables, x)          # x: [B, 28, 28, 1]
-  slots = kernel_map(variables["params"], spec)     # path -> (block, kernel index)
+  kmap = kernel_map(variables["params"], spec)      # a compression KernelMap
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 from typing import Any, Mapping, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
+from hirelc_jax.compression.kernel_map import KernelMap, build_kernel_map
 from hirelc_jax.models import cnn, vit
 
 VIT_NAMES = tuple(vit.VARIANTS)
@@ -124,47 +123,20 @@ def count_params(tree: Any) -> int:
   return int(sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree_util.tree_leaves(tree)))
 
 
-def match_kernel(path: str, rules: tuple[KernelRule, ...]) -> Optional[tuple[int, str]]:
-  """``(block, kernel_name)`` of the first rule whose regex finds ``path``, or None."""
-  for pattern, kernel_name in rules:
-    m = re.search(pattern, path)
-    if m:
-      return int(m.group("block")), kernel_name
-  return None
-
-
-def kernel_map(params: Mapping, spec: ModelSpec) -> dict[str, tuple[int, int]]:
-  """Maps each compressible kernel path to its plan slot ``(block, kernel index)``.
-
-  Args:
-    params: the ``params`` collection (not the whole variables dict).
-    spec: the model spec.
-
-  Returns:
-    ``{"block_3/attn/qkv/kernel": (3, 0), ...}`` in sorted path order.
+def kernel_map(params: Mapping, spec: ModelSpec) -> KernelMap:
+  """The model's KernelMap over its ``params`` collection (arrays or ShapeDtypeStructs).
 
   Raises:
-    ValueError: a block index outside ``[0, num_blocks)`` or two kernels on one slot.
+    ValueError: a block index outside ``[0, num_blocks)``, two kernels on one
+      slot, or no kernel found.
   """
-  flat = traverse_util.flatten_dict(dict(params), sep="/")
-  out: dict[str, tuple[int, int]] = {}
-  seen: dict[tuple[int, int], str] = {}
-  for path in sorted(flat):
-    hit = match_kernel(path, spec.kernel_rules)
-    if hit is None:
-      continue
-    block, kernel_name = hit
-    if not 0 <= block < spec.num_blocks:
-      raise ValueError(f"{spec.name}: kernel {path} has block {block} outside [0, {spec.num_blocks})")
-    slot = (block, spec.kernel_names.index(kernel_name))
-    if slot in seen:
-      raise ValueError(f"{spec.name}: kernels {seen[slot]} and {path} share slot {slot}")
-    seen[slot] = path
-    out[path] = slot
-  return out
+  kmap = build_kernel_map(params, spec.kernel_rules, spec.kernel_names)
+  if kmap.num_blocks > spec.num_blocks:
+    raise ValueError(f"{spec.name}: a kernel has block {kmap.num_blocks - 1} outside [0, {spec.num_blocks})")
+  return dataclasses.replace(kmap, num_blocks=spec.num_blocks)
 
 
 __all__ = [
     "MODEL_NAMES", "VIT_NAMES", "ModelSpec", "build_model", "init_params", "abstract_params",
-    "count_params", "match_kernel", "kernel_map",
+    "count_params", "kernel_map",
 ]

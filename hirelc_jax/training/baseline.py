@@ -14,6 +14,29 @@ import jax
 from hirelc_jax.training import checkpoint, loop
 
 
+# Default baseline schedules on this project's reference machine (2-core CPU):
+# sized to finish in minutes, not hours (benchmarks/README.md has the numbers).
+DEFAULT_SCHEDULES = {
+    "vit_mu": loop.TrainConfig(epochs=3, batch_size=128, lr=2e-3),
+    "vit_mini": loop.TrainConfig(epochs=3, batch_size=128, lr=1e-3),
+    "vit_tiny": loop.TrainConfig(epochs=2, batch_size=128, lr=1e-3, warmup_frac=0.05),
+    "cnn": loop.TrainConfig(epochs=3, batch_size=128, lr=2e-3, weight_decay=1e-4),
+    "resnet18": loop.TrainConfig(epochs=3, batch_size=128, lr=2e-3, weight_decay=5e-4),
+}
+
+
+def default_schedule(model: str) -> loop.TrainConfig:
+  """The default baseline schedule of a model (ViT-Small/Base reuse ViT-Tiny's)."""
+  return DEFAULT_SCHEDULES.get(model, DEFAULT_SCHEDULES["vit_tiny"])
+
+
+def default_patch_size(model: str, image_shape) -> int | None:
+  """ViT patch side: 16 patches for 28x28 inputs (7 px), else the model's default."""
+  if model.startswith("vit") and tuple(image_shape[:2]) == (28, 28):
+    return 7
+  return None
+
+
 def cache_root() -> pathlib.Path:
   """$HIRELC_JAX_CACHE, or ~/.cache/hirelc_jax."""
   return pathlib.Path(os.environ.get("HIRELC_JAX_CACHE", pathlib.Path.home() / ".cache" / "hirelc_jax"))

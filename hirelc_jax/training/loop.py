@@ -9,6 +9,7 @@ is traced data (the plan and its masks), so one compilation serves every plan.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any, Callable, Mapping, Optional
 
@@ -18,6 +19,7 @@ import numpy as np
 import optax
 from flax import struct
 
+from hirelc_jax.data.pipeline import pad_to_batches
 from hirelc_jax.training.progress import progress
 
 ParamsFn = Callable[[Any, Any], Mapping]
@@ -36,7 +38,7 @@ class TrainConfig:
     grad_clip: global-norm gradient clipping.
     label_smoothing: cross-entropy label smoothing.
     patience: epochs without validation improvement before stopping (0: never).
-    chunk: training steps per jitted call (one compilation, progress granularity).
+    chunk: training steps between progress updates and NaN checks.
     eval_batch_size: examples per evaluation batch.
   """
   epochs: float = 10.0
@@ -86,69 +88,57 @@ def forward(module, params, model_state, x, *, train: bool):
   return module.apply(variables, x, train=train), model_state
 
 
-def make_train_chunk(module, tx: optax.GradientTransformation, params_fn: ParamsFn, *,
-                     augment: Optional[Callable] = None, label_smoothing: float = 0.0):
-  """Returns jitted ``chunk(state, aux, xs [S, B, ...], ys [S, B], key) -> (state, losses [S])``."""
+def make_train_step(module, tx: optax.GradientTransformation, params_fn: ParamsFn, *,
+                    augment: Optional[Callable] = None, label_smoothing: float = 0.0):
+  """Returns jitted ``step(state, aux, x [B, ...], y [B], key) -> (state, loss)``.
+
+  Steps are dispatched one jitted call at a time rather than scanned: on
+  XLA:CPU a convolution inside a `lax.scan` body ran about 6x slower than the
+  same step called from Python (benchmarks/README.md), and async dispatch
+  keeps the device busy between calls anyway.
+  """
 
   def loss_fn(trainable, model_state, aux, x, y):
     logits, new_state = forward(module, params_fn(trainable, aux), model_state, x, train=True)
     labels = optax.smooth_labels(jax.nn.one_hot(y, logits.shape[-1]), label_smoothing)
     return optax.softmax_cross_entropy(logits, labels).mean(), new_state
 
-  def step(carry, batch):
-    state, aux, key = carry
-    x, y = batch
-    key, sub = jax.random.split(key)
+  @functools.partial(jax.jit, donate_argnums=(0,))
+  def step(state, aux, x, y, key):
     if augment is not None:
-      x = augment(sub, x)
+      x = augment(key, x)
     (loss, new_model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.trainable, state.model_state, aux, x, y)
     updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
     trainable = optax.apply_updates(state.trainable, updates)
-    new = TrainState(trainable, new_model_state, opt_state, state.step + 1)
-    return (new, aux, key), loss
+    return TrainState(trainable, new_model_state, opt_state, state.step + 1), loss
 
-  @jax.jit
-  def chunk(state, aux, xs, ys, key):
-    (state, _, _), losses = jax.lax.scan(step, (state, aux, key), (xs, ys))
-    return state, losses
-
-  return chunk
+  return step
 
 
 def make_evaluate(module, params_fn: ParamsFn):
-  """Returns jitted ``evaluate(trainable, model_state, aux, xs [N, B, ...], ys, valid) -> correct``."""
+  """Returns ``evaluate(trainable, model_state, aux, xs [N, B, ...], ys, valid) -> correct``.
+
+  The compressed parameters are computed once per call, then each batch is a
+  jitted forward pass (see `make_train_step` for why batches are not scanned).
+  """
+  materialise = jax.jit(params_fn)
 
   @jax.jit
+  def batch_correct(params, model_state, x, y, v):
+    logits, _ = forward(module, params, model_state, x, train=False)
+    return jnp.sum((jnp.argmax(logits, -1) == y) & v)
+
   def evaluate(trainable, model_state, aux, xs, ys, valid):
-    params = params_fn(trainable, aux)
-
-    def body(total, batch):
-      x, y, v = batch
-      logits, _ = forward(module, params, model_state, x, train=False)
-      return total + jnp.sum((jnp.argmax(logits, -1) == y) & v), None
-
-    total, _ = jax.lax.scan(body, jnp.zeros((), jnp.int32), (xs, ys, valid))
-    return total
+    params = materialise(trainable, aux)
+    return sum(batch_correct(params, model_state, x, y, v) for x, y, v in zip(xs, ys, valid))
 
   return evaluate
 
 
-def pad_batches(x: np.ndarray, y: np.ndarray, batch_size: int):
-  """Splits a split into [N, B, ...] batches; the last is padded and masked out."""
-  n = len(x)
-  nb = max(1, -(-n // batch_size))
-  pad = nb * batch_size - n
-  xp = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]) if pad else x
-  yp = np.concatenate([y, np.zeros((pad,), y.dtype)]) if pad else y
-  valid = np.arange(nb * batch_size) < n
-  shape = lambda a: a.reshape((nb, batch_size) + a.shape[1:])
-  return shape(xp), shape(yp), shape(valid)
-
-
 def accuracy(evaluate, trainable, model_state, aux, x, y, batch_size: int) -> float:
   """Top-1 accuracy in percent over a whole split, the remainder counted exactly."""
-  xs, ys, valid = pad_batches(x, y, batch_size)
+  xs, ys, valid = pad_to_batches(x, y, batch_size)
   correct = evaluate(trainable, model_state, aux, xs, ys, valid)
   return 100.0 * float(correct) / len(x)
 
@@ -180,8 +170,10 @@ def fit(module, trainable, model_state, aux, params_fn: ParamsFn, data, config: 
   chunk_len = min(config.chunk, total_steps)
   total_chunks = -(-total_steps // chunk_len)
   tx = make_optimizer(config, total_chunks * chunk_len)
-  state = TrainState(trainable, dict(model_state), tx.init(trainable), jnp.zeros((), jnp.int32))
-  run_chunk = make_train_chunk(module, tx, params_fn, augment=augment,
+  # Copies: the step donates its state, and the caller keeps its own arrays.
+  trainable, model_state = jax.tree.map(jnp.copy, (trainable, dict(model_state)))
+  state = TrainState(trainable, model_state, tx.init(trainable), jnp.zeros((), jnp.int32))
+  train_step = make_train_step(module, tx, params_fn, augment=augment,
                                label_smoothing=config.label_smoothing)
   evaluate = make_evaluate(module, params_fn)
   val = lambda s: accuracy(evaluate, s.trainable, s.model_state, aux, data.x_val, data.y_val,
@@ -197,10 +189,12 @@ def fit(module, trainable, model_state, aux, params_fn: ParamsFn, data, config: 
     if len(order) < need:
       order = np.concatenate([order, rng.permutation(n_train)])
     idx, order = order[:need], order[need:]
-    xs = data.x_train[idx].reshape((chunk_len, config.batch_size) + data.x_train.shape[1:])
-    ys = data.y_train[idx].reshape(chunk_len, config.batch_size)
-    state, losses = run_chunk(state, aux, xs, ys, jax.random.fold_in(key, c))
-    loss = float(losses.mean())
+    losses = []
+    for s, batch in enumerate(idx.reshape(chunk_len, config.batch_size)):
+      state, step_loss = train_step(state, aux, data.x_train[batch], data.y_train[batch],
+                                    jax.random.fold_in(key, c * chunk_len + s))
+      losses.append(step_loss)
+    loss = float(jnp.mean(jnp.stack(losses)))
     if not np.isfinite(loss):
       bar.close()
       raise FloatingPointError(f"{desc}: loss became {loss} at step {int(state.step)}; "
@@ -212,7 +206,8 @@ def fit(module, trainable, model_state, aux, params_fn: ParamsFn, data, config: 
       history.append({"step": int(state.step), "loss": loss, "val_accuracy": acc,
                       "seconds": time.perf_counter() - start})
       if acc > best[0]:
-        best, bad_epochs = (acc, state.trainable, state.model_state), 0
+        best = (acc,) + jax.tree.map(jnp.copy, (state.trainable, state.model_state))
+        bad_epochs = 0
       else:
         bad_epochs += 1
         if config.patience and bad_epochs >= config.patience:

@@ -11,6 +11,7 @@ import numpy as np
 from hirelc_jax.compression.apply import apply_plan, compute_masks, init_steps
 from hirelc_jax.compression.kernel_map import KernelMap
 from hirelc_jax.compression.plan import CompressionPlan
+from hirelc_jax.data.pipeline import pad_to_batches
 from hirelc_jax.training import loop
 
 
@@ -54,22 +55,22 @@ def compress(variables: Mapping, plan: CompressionPlan, kmap: KernelMap) -> dict
 
 
 def make_evaluate_plans(module, kmap: KernelMap):
-  """Returns jitted ``f(params, model_state, plans [P,...], xs, ys, valid) -> correct [P]``.
+  """Returns ``f(params, model_state, plans [P,...], xs, ys, valid) -> correct [P]``.
 
-  Each plan is applied once (vmapped over plans); the data batches are then
-  scanned with a forward pass vmapped over the P compressed models.
+  Each plan is applied once (one jitted call, vmapped over plans); every data
+  batch is then one jitted forward pass vmapped over the P compressed models.
   """
+  compress_all = jax.jit(jax.vmap(lambda params, plan: apply_plan(params, plan, kmap),
+                                  in_axes=(None, 0)))
+
   @jax.jit
+  def batch_correct(compressed, model_state, x, y, v):
+    logits = jax.vmap(lambda p: loop.forward(module, p, model_state, x, train=False)[0])(compressed)
+    return jnp.sum((jnp.argmax(logits, -1) == y) & v, axis=-1)
+
   def evaluate_plans(params, model_state, plans, xs, ys, valid):
-    compressed = jax.vmap(lambda p: apply_plan(params, p, kmap))(plans)
-
-    def body(total, batch):
-      x, y, v = batch
-      logits = jax.vmap(lambda p: loop.forward(module, p, model_state, x, train=False)[0])(compressed)
-      return total + jnp.sum((jnp.argmax(logits, -1) == y) & v, axis=-1), None
-
-    total, _ = jax.lax.scan(body, jnp.zeros(plans.bits.shape[0], jnp.int32), (xs, ys, valid))
-    return total
+    compressed = compress_all(params, plans)
+    return sum(batch_correct(compressed, model_state, x, y, v) for x, y, v in zip(xs, ys, valid))
 
   return evaluate_plans
 
@@ -78,6 +79,6 @@ def plan_accuracies(evaluate_plans, variables: Mapping, plans: CompressionPlan, 
                     y: np.ndarray, batch_size: int) -> np.ndarray:
   """Top-1 accuracy in percent of each plan in a batch, over a whole split."""
   model_state = {k: v for k, v in variables.items() if k != "params"}
-  xs, ys, valid = loop.pad_batches(x, y, batch_size)
+  xs, ys, valid = pad_to_batches(x, y, batch_size)
   correct = evaluate_plans(variables["params"], model_state, plans, xs, ys, valid)
   return 100.0 * np.asarray(correct) / len(x)

@@ -77,11 +77,17 @@ def test_vit_param_counts_pinned(name, width, depth, mlp, expected):
   assert models.count_params(models.abstract_params(spec)) == expected
 
 
+def slots(params, spec):
+  """{'block_0/attn/qkv/kernel': (block, kernel index), ...} of the model's KernelMap."""
+  kmap = models.kernel_map(params, spec)
+  return {"/".join(e.path): (e.block, e.kernel) for e in kmap.entries}
+
+
 @pytest.mark.parametrize("name", models.VIT_NAMES)
 def test_vit_kernel_rules_match_exactly_the_block_kernels(name):
   spec = models.build_model(name, num_classes=10, image_shape=(32, 32, 3))
   params = models.abstract_params(spec)["params"]
-  kmap = models.kernel_map(params, spec)
+  kmap = slots(params, spec)
   depth = vit.VARIANTS[name].depth
   assert len(kmap) == depth * 4 == spec.num_blocks * len(spec.kernel_names)
   assert sorted(kmap.values()) == [(b, k) for b in range(depth) for k in range(4)]
@@ -96,7 +102,7 @@ def test_cnn_forward_and_kernels():
   variables = numpy_variables(models.abstract_params(spec))
   logits = jax.jit(spec.module.apply)(variables, jnp.ones((2, 28, 28, 1)))
   assert logits.shape == (2, 10) and logits.dtype == jnp.float32
-  kmap = models.kernel_map(variables["params"], spec)
+  kmap = slots(variables["params"], spec)
   assert kmap == {"block_0/conv/kernel": (0, 0), "block_1/conv/kernel": (1, 0),
                   "block_2/conv/kernel": (2, 0), "block_3/dense/kernel": (3, 1)}
   assert variables["params"]["block_2"]["conv"]["kernel"].shape == (3, 3, 64, 128)
@@ -117,7 +123,7 @@ def test_resnet18_shapes_count_and_kernels():
   out, upd = jax.eval_shape(lambda v, x: spec.module.apply(v, x, train=True, mutable=["batch_stats"]),
                             ab, x)
   assert out.shape == (4, 10) and set(upd) == {"batch_stats"}
-  kmap = models.kernel_map(ab["params"], spec)
+  kmap = slots(ab["params"], spec)
   assert len(kmap) == 8 * 2 + 3
   assert {p for p in kmap if "shortcut" in p} == {f"block_{b}/shortcut/kernel" for b in (2, 4, 6)}
   assert not any(re.search("stem|head|norm", p) for p in kmap)
