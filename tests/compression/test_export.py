@@ -1,0 +1,217 @@
+"""Export of compressed params to one .npz file, and the bit-exact loader."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+from flax import traverse_util
+from hypothesis import given, settings, strategies as st
+
+from hirelc_jax.compression import apply, codes, export, formats
+from hirelc_jax.compression.kernel_map import build_kernel_map
+from hirelc_jax.compression.plan import make_plan, uniform_plan
+from hirelc_jax.compression.prune import kept_count
+
+RULES = ((r"block_(?P<block>\d+)/fc/kernel$", "fc"), (r"block_(?P<block>\d+)/proj/kernel$", "proj"))
+NAMES = ("fc", "proj")
+
+# Every (bits, format, granularity) codes.check_codes allows, then unquantized slots.
+COMBOS = [(b, f, g) for b in range(codes.MIN_BITS, codes.MAX_BITS + 1)
+          for f in range(len(codes.FORMATS)) for g in range(len(codes.GRANULARITIES))
+          if g != codes.ASYMMETRIC or f == codes.INT]
+COMBOS += [(codes.FP32_BITS, codes.INT, g) for g in range(4)]
+KEEPS = np.array([0.25, 0.5, 0.75, 1.0])
+NUM_PLANS = -(-len(COMBOS) // 4)
+
+
+def small_params(seed=0):
+  rng = np.random.default_rng(seed)
+  f = lambda *s: jnp.asarray(rng.normal(size=s), jnp.float32)
+  block = lambda: {"fc": {"kernel": f(6, 8), "bias": f(8)}, "proj": {"kernel": f(8, 6)}}
+  return {"block_0": block(), "block_1": block(), "head": {"kernel": f(6, 3), "bias": f(3)},
+          "emb": jnp.asarray(rng.normal(size=(4, 2)), jnp.bfloat16),
+          "count": np.arange(3, dtype=np.int32)}
+
+
+def combo_plan(i):
+  """Plan i of the sweep: four slots of COMBOS, keep ratios rotated per plan."""
+  chunk = [COMBOS[(4 * i + j) % len(COMBOS)] for j in range(4)]
+  bits, fmt, gran = (np.array([c[k] for c in chunk]).reshape(2, 2) for k in range(3))
+  return make_plan(bits, np.roll(KEEPS, i).reshape(2, 2), fmt, gran)
+
+
+@pytest.fixture(scope="module")
+def setup():
+  params = small_params()
+  return params, build_kernel_map(params, RULES, NAMES)
+
+
+def assert_same(compressed, loaded):
+  """Equal leaf by leaf (dtype too); bitwise except the sign of zeros in all-zero columns."""
+  a, b = traverse_util.flatten_dict(compressed), traverse_util.flatten_dict(loaded)
+  assert set(a) == set(b)
+  for path, x in a.items():
+    x, y = np.asarray(x), b[path]
+    assert x.dtype == y.dtype and x.shape == y.shape, path
+    np.testing.assert_array_equal(x, y, err_msg=str(path))
+    ux, uy = (v.view(f"u{v.dtype.itemsize}") for v in (x, y))
+    cols = y.reshape(-1, y.shape[-1]) if y.ndim else y.reshape(1, 1)
+    zero_col = np.broadcast_to(~np.any(cols != 0, axis=0), cols.shape).reshape(y.shape)
+    assert np.all((ux == uy) | ((x == 0) & zero_col)), path
+
+
+def round_trip(tmp_path, compressed, plan, kmap, **kwargs):
+  path = tmp_path / "model.npz"
+  info = export.export_model(compressed, plan, kmap, path, **kwargs)
+  loaded, loaded_plan = export.load_export(path)
+  assert_same(compressed, loaded)
+  for field in ("bits", "keep", "fmt", "gran"):
+    np.testing.assert_array_equal(getattr(loaded_plan, field), getattr(plan, field))
+  return info, path
+
+
+@pytest.mark.parametrize("i", range(NUM_PLANS))
+def test_round_trip_is_bit_exact_for_every_format_and_granularity(setup, tmp_path, i):
+  params, kmap = setup
+  plan = combo_plan(i)
+  rng = np.random.default_rng(i)
+  # QAT-like learned steps: the LSQ start, moved by up to a factor of 2.
+  steps = [s * rng.uniform(0.5, 2.0, s.shape).astype(np.float32)
+           for s in apply.init_steps(params, plan, kmap)]
+  compressed = apply.apply_plan(params, plan, kmap, steps=steps)
+  info, _ = round_trip(tmp_path, compressed, plan, kmap, steps=steps)
+  assert info.num_kernels == 4 and info.file_bytes > 0 and info.storage_bits > 0
+
+
+@pytest.mark.parametrize("fmt", codes.FORMATS)
+def test_learned_scales_are_found_without_steps(setup, tmp_path, fmt):
+  params, kmap = setup
+  plan = make_plan([[8, 3], [5, 2]], [[1.0, 0.5], [0.75, 1.0]], [[fmt] * 2] * 2, [["learned"] * 2] * 2)
+  round_trip(tmp_path, apply.apply_plan(params, plan, kmap), plan, kmap)
+
+
+def test_conv_kernel_round_trip(tmp_path):
+  rng = np.random.default_rng(3)
+  params = {"block_0": {"conv": {"kernel": jnp.asarray(rng.normal(size=(3, 3, 2, 8)), jnp.float32),
+                                 "bias": jnp.asarray(rng.normal(size=8), jnp.float32)}}}
+  kmap = build_kernel_map(params, [(r"block_(?P<block>\d+)/conv/kernel", "conv")], ("conv",))
+  for gran in ("per_channel", "asymmetric", "log"):
+    plan = uniform_plan(1, 1, bits=3, keep=0.5, gran=gran)
+    round_trip(tmp_path, apply.apply_plan(params, plan, kmap), plan, kmap)
+
+
+@settings(max_examples=40, deadline=None)
+@given(bits=st.integers(codes.MIN_BITS, codes.MAX_BITS), n=st.integers(0, 70), seed=st.integers(0, 2**16))
+def test_pack_unpack_is_exact(bits, n, seed):
+  values = np.random.default_rng(seed).integers(0, 2 ** bits, n).astype(np.uint8)
+  words = export.pack_codes(values, bits)
+  assert words.dtype == np.uint32 and words.size == -(-n * bits // 32)
+  np.testing.assert_array_equal(export.unpack_codes(words, bits, n), values)
+
+
+def test_pack_rejects_codes_out_of_range():
+  with pytest.raises(ValueError, match="0..15"):
+    export.pack_codes(np.array([3, 16]), 4)
+
+
+ML_DTYPES = [(codes.FLOAT, 4, ml_dtypes.float4_e2m1fn), (codes.FLOAT, 6, ml_dtypes.float6_e2m3fn),
+             (codes.FLOAT, 8, ml_dtypes.float8_e4m3fn), (codes.FLOAT_EXP, 6, ml_dtypes.float6_e3m2fn),
+             (codes.FLOAT_EXP, 8, ml_dtypes.float8_e5m2)]
+
+
+@pytest.mark.parametrize("fmt, bits, dtype", ML_DTYPES)
+def test_minifloat_codes_are_ml_dtypes_bit_patterns(fmt, bits, dtype):
+  table = export.code_table(bits, fmt, codes.UNIFORM)
+  decoded = np.arange(2 ** bits, dtype=np.uint8).view(dtype).astype(np.float32)
+  finite = np.isfinite(decoded)
+  np.testing.assert_array_equal(np.isfinite(table), finite)
+  np.testing.assert_array_equal(table[finite].view(np.uint32), decoded[finite].view(np.uint32))
+  patterns = table[finite].astype(dtype).view(np.uint8)
+  np.testing.assert_array_equal(patterns, np.flatnonzero(finite))
+
+
+@pytest.mark.parametrize("bits", range(codes.MIN_BITS, codes.MAX_BITS + 1))
+def test_code_tables_are_the_quantizer_grids(bits):
+  for fmt in (codes.FLOAT, codes.FLOAT_EXP):
+    table = export.code_table(bits, fmt, codes.UNIFORM)
+    finite = table[np.isfinite(table)]
+    assert finite.max() == formats.MAX_FINITE[fmt, bits]
+    np.testing.assert_array_equal(formats.minifloat_round(jnp.asarray(finite), fmt, bits), finite)
+  qmax = 2 ** (bits - 1) - 1
+  int_table = export.code_table(bits, codes.INT, codes.UNIFORM)
+  np.testing.assert_array_equal(int_table[:-1], np.arange(-qmax, qmax + 1))
+  assert int_table[-1] == 0 and np.signbit(int_table[-1])
+  log = export.code_table(bits, codes.INT, codes.LOG)
+  np.testing.assert_array_equal(log[1:qmax + 1], 2.0 ** np.arange(-(qmax - 1), 1))
+
+
+def test_file_holds_only_kept_neurons(setup, tmp_path):
+  params, kmap = setup
+  plan = make_plan([[4, 32], [3, 8]], [[0.5, 0.25], [0.75, 1.0]], [["int", "int"], ["float", "int"]],
+                   [["per_channel", "uniform"], ["learned", "asymmetric"]])
+  _, path = round_trip(tmp_path, apply.apply_plan(params, plan, kmap), plan, kmap)
+  with np.load(path) as data:
+    header = json.loads(data[export.HEADER_KEY].tobytes().decode())
+    for i, (e, rec) in enumerate(zip(kmap.entries, header["kernels"])):
+      bits, kept = rec["bits"], int(kept_count(plan.keep[e.block, e.kernel], e.num_out))
+      assert rec["path"] == "/".join(e.path) and rec["shape"] == list(e.shape) and rec["kept"] == kept
+      assert data[f"kernel.{i}.indices"].dtype == np.int32
+      assert data[f"kernel.{i}.indices"].shape == (kept,)
+      if e.bias_path is not None:
+        assert data[f"kernel.{i}.bias"].shape == (kept,)
+      if bits == codes.FP32_BITS:
+        assert data[f"kernel.{i}.weights"].shape == (e.fan_in, kept)
+        continue
+      assert rec["num_codes"] == e.fan_in * kept
+      assert data[f"kernel.{i}.codes"].shape == (-(-e.fan_in * kept * bits // 32),)
+      per_channel = rec["gran"] in (codes.PER_CHANNEL, codes.LEARNED)
+      assert data[f"kernel.{i}.scales"].shape == ((kept,) if per_channel else (1,))
+  names = [(r["format_name"], r["granularity"]) for r in header["kernels"]]
+  assert names == [("int4", "per_channel"), ("fp32", "uniform"), ("e1m1", "learned"),
+                   ("int8_asym", "asymmetric")]
+  assert header["version"] and header["file_version"] == export.FILE_VERSION
+
+
+@pytest.mark.parametrize("compress", [True, False])
+@pytest.mark.parametrize("keep", [0.5, 1.0])
+def test_file_size_is_close_to_storage_bits(tmp_path, compress, keep):
+  rng = np.random.default_rng(0)
+  params = {"block_0": {"fc": {"kernel": jnp.asarray(rng.normal(size=(256, 256)), jnp.float32),
+                               "bias": jnp.zeros(256, jnp.float32)}}}
+  kmap = build_kernel_map(params, [(r"block_(?P<block>\d+)/fc/kernel", "fc")], ("fc",))
+  plan = uniform_plan(1, 1, bits=4, keep=keep, gran="per_channel")
+  compressed = apply.apply_plan(params, plan, kmap)
+  info, _ = round_trip(tmp_path, compressed, plan, kmap, compress=compress)
+  assert info.file_bytes < 1.3 * info.storage_bits / 8 + 4096
+  # The arrays alone hold the accounted bits, with int32 indices in place of the bitmap.
+  assert info.storage_bits / 8 <= info.payload_bytes <= info.storage_bits / 8 + 4 * 256 + 64
+
+
+@pytest.mark.parametrize("fmt, gran", [("int", "uniform"), ("int", "per_channel"), ("int", "learned"),
+                                       ("int", "asymmetric"), ("float", "per_channel"),
+                                       ("float_exp", "log")])
+def test_unquantized_weights_raise(setup, tmp_path, fmt, gran):
+  params, kmap = setup
+  plan = uniform_plan(2, 2, bits=4, fmt=fmt, gran=gran)
+  with pytest.raises(ValueError, match="block_0/fc/kernel does not lie on its"):
+    export.export_model(params, plan, kmap, tmp_path / "m.npz")
+
+
+def test_bad_inputs_raise(setup, tmp_path):
+  params, kmap = setup
+  path = tmp_path / "m.npz"
+  plan = uniform_plan(2, 2, bits=4, keep=0.5)
+  compressed = apply.apply_plan(params, plan, kmap)
+  with pytest.raises(ValueError, match="block_1/fc/kernel sits in slot"):
+    export.export_model(compressed, uniform_plan(1, 2, bits=4), kmap, path)
+  with pytest.raises(ValueError, match="block_0/fc/kernel: the plan prunes 4 of 8"):
+    export.export_model(params, plan, kmap, path)
+  bad = jax.tree.map(lambda x: x, compressed)
+  bad["block_1"]["proj"]["kernel"] = bad["block_1"]["proj"]["kernel"].at[0, 0].set(jnp.nan)
+  with pytest.raises(ValueError, match="block_1/proj/kernel .*NaN"):
+    export.export_model(bad, plan, kmap, path)
+  with pytest.raises(ValueError, match="step has shape"):
+    export.export_model(compressed, plan, kmap, path, steps=[jnp.ones(3)] * 4)
