@@ -358,8 +358,23 @@ def update_epochs(network, tx, config, hp, train_state: TrainState, batch, key):
   return jax.lax.scan(epoch, train_state, jax.random.split(key, config.n_epochs))
 
 
+class Learner(NamedTuple):
+  """Pure learner functions: `init(key, env_params)` -> RunnerState;
+  `update(runner, env_params)` -> (RunnerState, metrics) runs `num_updates`
+  more updates (agents that persist across search cycles call it again);
+  `train = update . init`."""
+  init: Any
+  update: Any
+  train: Any
+
+
 def make_train(config: LearnerConfig, env, num_updates: int):
-  """Builds `train(key, env_params, hparams=None) -> (RunnerState, metrics)`.
+  """Builds `train(key, env_params, hparams=None) -> (RunnerState, metrics)`."""
+  return make_learner(config, env, num_updates).train
+
+
+def make_learner(config: LearnerConfig, env, num_updates: int) -> Learner:
+  """Builds the `Learner` (init, update, train); see `make_train` for `train`.
 
   `train` is pure and jittable as a whole; `jax.jit(jax.vmap(train))(keys,
   env_params_batch)` trains an ensemble over seeds and env settings in one
@@ -398,16 +413,23 @@ def make_train(config: LearnerConfig, env, num_updates: int):
         num_episodes=n_done, reward=traj.reward.mean())
     return runner.replace(train_state=ts, key=key), metrics
 
-  def train(key, env_params, hparams: Hyperparams | None = None):
+  def init(key, env_params, hparams: Hyperparams | None = None) -> RunnerState:
     hp = Hyperparams.from_config(config) if hparams is None else hparams
     tx = make_optimizer(config, hp.lr)
     key, key_reset, key_init = jax.random.split(key, 3)
     obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(
         jax.random.split(key_reset, config.n_envs), env_params)
     params = network.init(key_init, obs[0])
-    runner = RunnerState(TrainState(params, tx.init(params)), env_state, obs, key,
-                         jnp.zeros((config.n_envs,), jnp.float32))
+    return RunnerState(TrainState(params, tx.init(params)), env_state, obs, key,
+                       jnp.zeros((config.n_envs,), jnp.float32))
+
+  def update(runner: RunnerState, env_params, hparams: Hyperparams | None = None):
+    hp = Hyperparams.from_config(config) if hparams is None else hparams
+    tx = make_optimizer(config, hp.lr)
     return jax.lax.scan(functools.partial(update_step, tx, hp, env_params), runner, None,
                         num_updates)
 
-  return train
+  def train(key, env_params, hparams: Hyperparams | None = None):
+    return update(init(key, env_params, hparams), env_params, hparams)
+
+  return Learner(init, update, train)

@@ -42,11 +42,12 @@ def cache_root() -> pathlib.Path:
   return pathlib.Path(os.environ.get("HIRELC_JAX_CACHE", pathlib.Path.home() / ".cache" / "hirelc_jax"))
 
 
-def cache_key(spec, data, config: loop.TrainConfig, seed: int) -> str:
+def cache_key(spec, data, config: loop.TrainConfig, seed: int, augment=None) -> str:
   """A short hash of everything that determines the trained weights."""
+  aug = None if augment is None else repr(getattr(augment, "keywords", augment))
   ident = {"model": spec.name, "module": repr(spec.module), "dataset": data.name,
            "n_train": len(data.x_train), "image_shape": list(data.image_shape),
-           "seed": seed, "schedule": dataclasses.asdict(config)}
+           "seed": seed, "schedule": dataclasses.asdict(config), "augment": aug}
   digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
   return f"{spec.name}-{data.name}-s{seed}-{digest}"
 
@@ -60,7 +61,7 @@ def train_baseline(spec, variables, data, config: loop.TrainConfig, seed: int, *
     (variables, info): the best weights by validation accuracy and a dict with
     val_accuracy, seconds, steps, history and cached (bool).
   """
-  path = (cache_dir or cache_root() / "baselines") / cache_key(spec, data, config, seed)
+  path = (cache_dir or cache_root() / "baselines") / cache_key(spec, data, config, seed, augment)
   if (path / "tree").exists():
     restored = checkpoint.load_tree(path, variables)
     return restored, {**checkpoint.load_meta(path), "cached": True, "path": str(path)}

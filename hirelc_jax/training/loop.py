@@ -179,14 +179,14 @@ def fit(module, trainable, model_state, aux, params_fn: ParamsFn, data, config: 
   val = lambda s: accuracy(evaluate, s.trainable, s.model_state, aux, data.x_val, data.y_val,
                            config.eval_batch_size)
   rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel()[-1].item())
-  best = (val(state), state.trainable, state.model_state)
+  best = (val(state),) + jax.tree.map(jnp.copy, (state.trainable, state.model_state))
   history, bad_epochs, start = [], 0, time.perf_counter()
   order = np.empty(0, np.int64)
   chunks_per_epoch = max(1, steps_per_epoch // chunk_len)
   bar = progress(total=total_chunks, desc=desc, disable=quiet)
   for c in range(total_chunks):
     need = chunk_len * config.batch_size
-    if len(order) < need:
+    while len(order) < need:
       order = np.concatenate([order, rng.permutation(n_train)])
     idx, order = order[:need], order[need:]
     losses = []

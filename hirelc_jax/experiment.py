@@ -1,0 +1,434 @@
+"""The one impure orchestrator: baseline, sensitivity, warm-up, cycles, result.
+
+Everything random derives from `config.seed` through `fold_in(key, phase,
+cycle)`, so a run resumed from the checkpoint of its last completed cycle
+ends with the same plan and accuracies as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from hirelc_jax import search
+from hirelc_jax.agents import budget_env, kernel_env, proxies
+from hirelc_jax.agents.sensitivity import estimate_sensitivity
+from hirelc_jax.agents.surrogate import SurrogateConfig, encode_plan, make_surrogate, num_features
+from hirelc_jax.compression import accounting
+from hirelc_jax.compression.plan import CompressionPlan, stack_plans
+from hirelc_jax.config import Config
+from hirelc_jax.data import load_dataset
+from hirelc_jax.data.pipeline import AUGMENT_DEFAULTS, augment
+from hirelc_jax.models import build_model, init_params, kernel_map
+from hirelc_jax.training import baseline, checkpoint, loop, qat
+
+RECOVERY_PRIOR = 0.3  # post-fine-tune drop / pre-fine-tune drop before any cycle is measured
+
+
+class EventLog:
+  """metrics.jsonl: one JSON object per line, appended and flushed."""
+
+  def __init__(self, path: pathlib.Path, echo=None):
+    self.path, self.echo = path, echo
+
+  def __call__(self, event: str, **fields):
+    record = {"event": event, "time": round(time.time(), 3), **fields}
+    with self.path.open("a") as f:
+      f.write(json.dumps(record, default=float) + "\n")
+    if self.echo is not None and "message" in fields:
+      self.echo(fields["message"])
+
+
+@dataclasses.dataclass
+class Setup:
+  """What every phase needs: data, model, baseline weights and evaluators."""
+  config: Config
+  data: Any
+  spec: Any
+  variables: dict
+  kmap: Any
+  augment: Any
+  evaluate_plans: Any
+  evaluate: Any
+
+
+def _loss_fn(module, model_state):
+  def loss(params, x, y):
+    logits = module.apply({"params": params, **model_state}, x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+  return loss
+
+
+def prepare(config: Config, *, quiet: bool = False, log=print) -> Setup:
+  """Loads data, builds the model and trains (or loads) the baseline."""
+  data = load_dataset(config.data.name, data_dir=config.data.data_dir,
+                      val_fraction=config.data.val_fraction, seed=config.seed,
+                      limit=config.data.limit)
+  patch = config.model.patch_size or baseline.default_patch_size(config.model.name, data.image_shape)
+  spec = build_model(config.model.name, num_classes=data.num_classes,
+                     image_shape=data.image_shape, patch_size=patch)
+  variables = init_params(spec, jax.random.key(config.seed))
+  aug_cfg = AUGMENT_DEFAULTS.get(data.name)
+  aug = functools.partial(augment, crop_pad=aug_cfg.crop_pad, flip=aug_cfg.flip) \
+      if config.data.augment and aug_cfg else None
+  if config.model.checkpoint:
+    variables = load_user_checkpoint(config.model.checkpoint, spec, variables)
+  else:
+    schedule = baseline.default_schedule(config.model.name)
+    t = config.training
+    schedule = dataclasses.replace(
+        schedule, batch_size=t.batch_size,
+        epochs=t.baseline_epochs if t.baseline_epochs is not None else schedule.epochs,
+        lr=t.baseline_lr if t.baseline_lr is not None else schedule.lr)
+    variables, info = baseline.train_baseline(spec, variables, data, schedule, config.seed,
+                                              augment=aug, quiet=quiet)
+    log(f"baseline {'loaded from cache' if info['cached'] else 'trained'}: "
+        f"val {info['val_accuracy']:.2f}% ({info['path']})")
+  kmap = kernel_map(variables["params"], spec)
+  return Setup(config, data, spec, variables, kmap, aug,
+               qat.make_evaluate_plans(spec.module, kmap),
+               loop.make_evaluate(spec.module, lambda t, _: t))
+
+
+def load_user_checkpoint(path: str, spec, like: dict) -> dict:
+  """A user's orbax checkpoint, or a timm-style ViT file (.safetensors / .npz)."""
+  if path.endswith((".safetensors", ".npz")):
+    from hirelc_jax.models.checkpoint_io import load_timm_vit
+    return {**like, **load_timm_vit(path, spec)}
+  return checkpoint.load_tree(path, like)
+
+
+def accuracy(setup: Setup, variables, x, y) -> float:
+  state = {k: v for k, v in variables.items() if k != "params"}
+  return loop.accuracy(setup.evaluate, variables["params"], state, None, x, y,
+                       loop.TrainConfig().eval_batch_size)
+
+
+def plan_accuracies(setup: Setup, plans: CompressionPlan, batch: int = 8) -> np.ndarray:
+  """Pre-fine-tune accuracy of each plan on the evaluation subset, `batch` plans per call."""
+  n = setup.config.search.eval_samples
+  x, y = setup.data.x_val[:n], setup.data.y_val[:n]
+  count = plans.bits.shape[0]
+  out = []
+  for start in range(0, count, batch):
+    chunk = jax.tree.map(lambda a: a[start:start + batch], plans)
+    pad = batch - chunk.bits.shape[0]
+    if pad:  # keep one shape so nothing recompiles
+      chunk = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, 0)]), chunk)
+    accs = qat.plan_accuracies(setup.evaluate_plans, setup.variables, chunk, x, y, 250)
+    out.extend(accs[:batch - pad])
+  return np.asarray(out)
+
+
+def plan_metrics(setup: Setup, plan: CompressionPlan) -> dict:
+  params = setup.variables["params"]
+  return {"compression_ratio": float(accounting.compression_ratio(params, plan, setup.kmap)),
+          "paper_compression_ratio": float(accounting.paper_compression_ratio(plan, setup.kmap)),
+          "storage_bits": float(accounting.storage_bits(params, plan, setup.kmap))}
+
+
+UNIFORM_BASELINES = (("INT8", 8, "int"), ("INT6", 6, "int"), ("INT4", 4, "int"), ("INT3", 3, "int"),
+                     ("FP8", 8, "float"), ("FP6", 6, "float"), ("FP4", 4, "float"))
+
+
+def uniform_plans(kmap) -> tuple[list[str], CompressionPlan]:
+  from hirelc_jax.compression.plan import uniform_plan
+  gran = "per_channel"
+  plans = [uniform_plan(*kmap.plan_shape, bits=b, fmt=f, gran=gran) for _, b, f in UNIFORM_BASELINES]
+  return [label for label, _, _ in UNIFORM_BASELINES], stack_plans(plans)
+
+
+@dataclasses.dataclass
+class SearchState:
+  """Everything the cycles carry; saved after every completed cycle."""
+  hla: Any
+  lla: Any
+  surrogate: Any
+  plan: CompressionPlan           # the last decided plan (the LLA's "current plan")
+  records: list                   # one dict per completed cycle
+  evaluated: list                 # every plan evaluated for real
+  recovery: float
+
+
+class Search:
+  """The agents, the surrogate and their jitted functions for one Setup."""
+
+  def __init__(self, setup: Setup, sensitivity):
+    self.setup, self.config = setup, setup.config
+    kmap = setup.kmap
+    self.present = jnp.asarray(kmap.present)
+    self.block_sensitivity = np.asarray(sensitivity.block)
+    self.kernel_sensitivity = np.asarray(sensitivity.kernel)
+    s = self.config.search
+    self.surrogate = make_surrogate(SurrogateConfig(hidden=tuple(s.surrogate_hidden),
+                                                    epochs=s.surrogate_epochs),
+                                    num_features(*kmap.plan_shape))
+    self.encode = jax.jit(jax.vmap(lambda p: encode_plan(p, self.present)))
+    self.hla = search.EnsembleTrainer(budget_env.BudgetEnv(kmap.num_blocks), self.config.hla,
+                                      nested=False)
+    goal = self.config.goal
+    if s.signal == "surrogate":
+      inner = proxies.surrogate_signal_fn(self.surrogate.predict, self.present)
+    else:
+      inner = proxies.quant_error_proxy_fn()
+    accuracy_fn = lambda sig, *a: sig[1] * inner(sig[0], *a)  # recovered drop
+    env = kernel_env.KernelEnv(
+        len(kmap.kernel_names), accuracy_fn, quantization_type=goal.quantization_type,
+        fixed_granularity=goal.strategy, allow_pruning=goal.pruning,
+        allow_quantization=goal.quantization)
+    self.lla = search.EnsembleTrainer(env, self.config.lla, nested=True,
+                                      in_axes_fn=kernel_env.params_in_axes)
+
+  def signal(self, state: SearchState, baseline_eval: float):
+    if self.config.search.signal == "surrogate":
+      inner = proxies.SurrogateSignal(state.surrogate, state.plan, jnp.float32(baseline_eval))
+    else:
+      weights = proxies.stack_block_weights(self.setup.variables["params"], self.setup.kmap)
+      inner = proxies.quant_error_signal(weights, self.kernel_sensitivity)
+    return (inner, jnp.float32(state.recovery))
+
+
+def summarize(plan: CompressionPlan, kmap) -> dict:
+  """Counts of formats and granularities and mean bits/keep over present kernels."""
+  from hirelc_jax.compression import codes
+  present = np.asarray(kmap.present)
+  bits, keep = np.asarray(plan.bits)[present], np.asarray(plan.keep)[present]
+  fmt, gran = np.asarray(plan.fmt)[present], np.asarray(plan.gran)[present]
+  out = {"mean_bits": float(np.mean(np.minimum(bits, 32))), "mean_keep": float(np.mean(keep)),
+         "int": int(np.sum(fmt == codes.INT)), "float": int(np.sum(fmt != codes.INT))}
+  out.update({g: int(np.sum(gran == i)) for i, g in enumerate(codes.GRANULARITIES)})
+  return out
+
+
+def run_cycle(search_: Search, state: SearchState, cycle: int, base: dict, key,
+              log: EventLog, quiet: bool) -> tuple[SearchState, dict]:
+  """One cycle: HLA budgets, LLA plan, QAT fine-tune, real evaluation, surrogate update."""
+  setup, config = search_.setup, search_.config
+  times, t0 = {}, time.perf_counter()
+  last = state.records[-1] if state.records else None
+  hla_params = search.hla_params(
+      config, search_.block_sensitivity,
+      last_acc_drop=last["accuracy_drop_val"] if last else 0.0,
+      last_ratio=1.0 / last["compression_ratio"] if last else None,
+      progress=cycle / config.search.cycles)
+  hla = state.hla if state.hla is not None else search_.hla.init(jax.random.fold_in(key, 1), hla_params)
+  hla, hla_reward = search_.hla.train(hla, hla_params, first=state.hla is None)
+  budgets, _ = search.decide_budgets(search_.hla, hla, hla_params, config)
+  times["hla_s"] = time.perf_counter() - t0
+
+  t0 = time.perf_counter()
+  ready = bool(search_.surrogate.ready(state.surrogate)) or config.search.signal == "proxy"
+  lla_params = search.lla_params(config, budgets, setup.kmap, search_.kernel_sensitivity,
+                                 search_.signal(state, base["eval"]),
+                                 baseline_accuracy=base["eval"], surrogate_ready=ready)
+  lla = state.lla if state.lla is not None else search_.lla.init(jax.random.fold_in(key, 2), lla_params)
+  lla, lla_reward = search_.lla.train(lla, lla_params, first=state.lla is None)
+  plan, _ = search.decide_plan(search_.lla, lla, lla_params)
+  plan = jax.device_get(plan)
+  times["lla_s"] = time.perf_counter() - t0
+
+  t0 = time.perf_counter()
+  features = search_.encode(stack_plans([plan]))
+  predicted = float(search_.surrogate.predict(state.surrogate, features)[0])
+  pre_acc = float(plan_accuracies(setup, stack_plans([plan]))[0])
+  times["eval_s"] = time.perf_counter() - t0
+
+  t0 = time.perf_counter()
+  t = config.training
+  ft = loop.TrainConfig(epochs=t.finetune_epochs, batch_size=t.batch_size, lr=t.finetune_lr,
+                        patience=t.finetune_patience, warmup_frac=0.0)
+  tuned, result = qat.finetune(setup.spec.module, setup.variables, plan, setup.kmap, setup.data,
+                               ft, jax.random.fold_in(key, 3), augment=setup.augment,
+                               desc=f"cycle {cycle + 1} fine-tune", quiet=quiet)
+  val_acc = result.best_val_accuracy
+  times["finetune_s"] = time.perf_counter() - t0
+
+  t0 = time.perf_counter()
+  sur = search_.surrogate.add(state.surrogate, features[0], pre_acc)
+  sur = search_.surrogate.record_prediction(sur, predicted, pre_acc)
+  sur, _ = search_.surrogate.fit(sur, jax.random.fold_in(key, 4))
+  pre_drop, post_drop = base["eval"] - pre_acc, base["val"] - val_acc
+  observed = [r["recovery_observed"] for r in state.records if r["recovery_observed"] is not None]
+  obs = float(np.clip(post_drop / pre_drop, 0.02, 1.0)) if pre_drop > 0.5 else None
+  observed += [obs] if obs is not None else []
+  recovery = float(np.mean(observed)) if observed else state.recovery
+  times["surrogate_s"] = time.perf_counter() - t0
+
+  record = {"cycle": cycle + 1, "val_accuracy": val_acc, "pre_finetune_accuracy": pre_acc,
+            "predicted_accuracy": predicted if bool(search_.surrogate.ready(state.surrogate)) else None,
+            "accuracy_drop_val": post_drop, "recovery_observed": obs, **plan_metrics(setup, plan),
+            "budget_target_ratio": np.asarray(budgets.target_ratio).tolist(),
+            "budget_min_bits": np.asarray(budgets.min_bits).tolist(),
+            "budget_max_prune": np.asarray(budgets.max_prune).tolist(),
+            "strategies": [budget_env.STRATEGIES[i] for i in np.asarray(budgets.strategy)],
+            "plan_summary": summarize(plan, setup.kmap),
+            "plan_arrays": {f: np.asarray(getattr(plan, f)).tolist() for f in ("bits", "keep", "fmt", "gran")}, "agent_reward": {"hla": hla_reward, "lla": lla_reward},
+            "times": times}
+  log("cycle", **record, message=(
+      f"cycle {cycle + 1}: val {val_acc:.2f}% (pre-fine-tune {pre_acc:.2f}%), "
+      f"compression {record['compression_ratio']:.2f}x honest / {record['paper_compression_ratio']:.2f}x paper"))
+  evaluated = state.evaluated + [
+      {"kind": "cycle", "label": f"C{cycle + 1}", "compression_ratio": record["compression_ratio"],
+       "accuracy": pre_acc, "stage": "pre_finetune"},
+      {"kind": "cycle", "label": f"C{cycle + 1}", "compression_ratio": record["compression_ratio"],
+       "accuracy": val_acc, "stage": "finetuned"}]
+  new = SearchState(hla, lla, sur, plan, state.records + [record], evaluated, recovery)
+  return new, tuned
+
+
+def select_best(records: list, base_val: float, target_drop: float) -> int:
+  """Index of the most compressed cycle meeting the target on validation, else the most accurate."""
+  feasible = [i for i, r in enumerate(records) if base_val - r["val_accuracy"] <= target_drop]
+  if feasible:
+    return max(feasible, key=lambda i: (records[i]["compression_ratio"], records[i]["val_accuracy"]))
+  return max(range(len(records)), key=lambda i: records[i]["val_accuracy"])
+
+
+def _saveable(tree):
+  """Typed PRNG keys become their raw key data (orbax stores plain arrays)."""
+  return jax.tree.map(lambda x: jax.random.key_data(x)
+                      if jnp.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key) else x, tree)
+
+
+def _restored(tree, like):
+  return jax.tree.map(lambda x, ref: jax.random.wrap_key_data(x)
+                      if jnp.issubdtype(getattr(ref, "dtype", np.float32), jax.dtypes.prng_key) else x,
+                      tree, like)
+
+
+def save_state(path: pathlib.Path, state: SearchState, tuned: dict, cycle: int) -> None:
+  tree = {"hla": state.hla, "lla": state.lla, "surrogate": state.surrogate,
+          "plan": state.plan, "tuned": tuned}
+  meta = {"cycle": cycle, "records": state.records, "evaluated": state.evaluated,
+          "recovery": state.recovery}
+  checkpoint.save_tree(path, _saveable(tree), meta=json.loads(json.dumps(meta, default=float)))
+
+
+def load_state(path: pathlib.Path, like: dict) -> tuple[SearchState, dict, int]:
+  tree = _restored(checkpoint.load_tree(path, _saveable(like)), like)
+  meta = checkpoint.load_meta(path)
+  state = SearchState(tree["hla"], tree["lla"], tree["surrogate"], tree["plan"], meta["records"],
+                      meta["evaluated"], meta["recovery"])
+  return state, tree["tuned"], meta["cycle"]
+
+
+def latest_cycle(ckpt_dir: pathlib.Path) -> int:
+  """Number of completed cycles with a checkpoint (0 if none)."""
+  done = [int(p.name.split("_")[1]) for p in ckpt_dir.glob("cycle_*") if (p / "meta.json").exists()]
+  return max(done, default=0)
+
+
+def warmup(search_: Search, key, log: EventLog, quiet: bool):
+  """Random plans evaluated for real (batched, pre-fine-tune), then the first surrogate fit."""
+  setup, config = search_.setup, search_.config
+  count = config.search.warmup_samples
+  plans = search.random_plans(key, count, setup.kmap, config)
+  accs = plan_accuracies(setup, plans)
+  sur = search_.surrogate.init(jax.random.fold_in(key, 1))
+  if count:
+    sur = search_.surrogate.add(sur, search_.encode(plans), jnp.asarray(accs))
+    sur, _ = search_.surrogate.fit(sur, jax.random.fold_in(key, 2))
+  params = setup.variables["params"]
+  ratios = np.asarray(jax.vmap(lambda p: accounting.compression_ratio(params, p, setup.kmap))(plans)) \
+      if count else np.zeros(0)
+  evaluated = [{"kind": "warmup", "label": "", "compression_ratio": float(r), "accuracy": float(a),
+                "stage": "pre_finetune"} for r, a in zip(ratios, accs)]
+  labels, uniform = uniform_plans(setup.kmap)
+  uacc = plan_accuracies(setup, uniform)
+  uratio = np.asarray(jax.vmap(lambda p: accounting.compression_ratio(params, p, setup.kmap))(uniform))
+  evaluated += [{"kind": "uniform", "label": l, "compression_ratio": float(r), "accuracy": float(a),
+                 "stage": "pre_finetune"} for l, r, a in zip(labels, uratio, uacc)]
+  holdout = float(sur.holdout_mae)
+  log("warmup", samples=count, holdout_mae=holdout, message=(
+      f"surrogate warm-up: {count} random plans evaluated, hold-out MAE {holdout:.2f} points"))
+  return sur, evaluated
+
+
+def run(config: Config, out_dir: pathlib.Path, *, resume: bool = False, quiet: bool = False,
+        echo=print, schedule: str = "default") -> dict:
+  """Runs the whole search and writes every output into `out_dir`; returns report.json's dict."""
+  config.validate()
+  start = time.perf_counter()
+  phases: dict[str, float] = {}
+  out_dir = pathlib.Path(out_dir)
+  ckpt_dir = out_dir / "checkpoints"
+  ckpt_dir.mkdir(parents=True, exist_ok=True)
+  from hirelc_jax import config as config_io
+  config_io.save(config, out_dir / "config.json")
+  log = EventLog(out_dir / "metrics.jsonl", echo=None if quiet else echo)
+  key = jax.random.key(config.seed)
+
+  t = time.perf_counter()
+  setup = prepare(config, quiet=quiet, log=lambda m: log("baseline", message=m))
+  data = setup.data
+  n_eval = config.search.eval_samples
+  base = {"val": accuracy(setup, setup.variables, data.x_val, data.y_val),
+          "eval": accuracy(setup, setup.variables, data.x_val[:n_eval], data.y_val[:n_eval]),
+          "test": accuracy(setup, setup.variables, data.x_test, data.y_test)}
+  phases["baseline"] = time.perf_counter() - t
+  log("baseline_accuracy", **base, message=f"baseline: val {base['val']:.2f}%, test {base['test']:.2f}%")
+
+  t = time.perf_counter()
+  state_vars = {k: v for k, v in setup.variables.items() if k != "params"}
+  n_sens = config.search.sensitivity_samples
+  sens = estimate_sensitivity(_loss_fn(setup.spec.module, state_vars), setup.variables["params"],
+                              setup.kmap, data.x_train[:n_sens], data.y_train[:n_sens],
+                              method=config.search.sensitivity, num_samples=n_sens,
+                              key=jax.random.fold_in(key, 10))
+  phases["sensitivity"] = time.perf_counter() - t
+  log("sensitivity", block=np.asarray(sens.block).tolist(), method=config.search.sensitivity,
+      message=f"sensitivity ({config.search.sensitivity}): "
+              + " ".join(f"{s:.2f}" for s in np.asarray(sens.block)))
+
+  search_ = Search(setup, sens)
+  t = time.perf_counter()
+  surrogate_state, evaluated = warmup(search_, jax.random.fold_in(key, 20), log, quiet)
+  phases["warmup"] = time.perf_counter() - t
+  from hirelc_jax.compression.plan import uniform_plan
+  state = SearchState(None, None, surrogate_state, jax.device_get(uniform_plan(*setup.kmap.plan_shape)),
+                      [], evaluated, RECOVERY_PRIOR)
+
+  t = time.perf_counter()
+  done = latest_cycle(ckpt_dir) if resume else 0
+  if done:
+    state, _, _ = resume_state(search_, state, ckpt_dir / f"cycle_{done}", key, base)
+    log("resume", cycle=done, message=f"resumed after cycle {done}")
+  for cycle in range(done, config.search.cycles):
+    state, tuned = run_cycle(search_, state, cycle, base, jax.random.fold_in(key, 100 + cycle), log, quiet)
+    save_state(ckpt_dir / f"cycle_{cycle + 1}", state, tuned, cycle + 1)
+  phases["cycles"] = time.perf_counter() - t
+
+  t = time.perf_counter()
+  best = select_best(state.records, base["val"], config.goal.target_accuracy_drop)
+  _, tuned, _ = resume_state(search_, state, ckpt_dir / f"cycle_{best + 1}", key, base)
+  test_acc = accuracy(setup, tuned, data.x_test, data.y_test)
+  phases["final_eval"] = time.perf_counter() - t
+
+  from hirelc_jax.finalize import finalize
+  return finalize(setup, state, best, tuned, base, test_acc, sens, phases, start, out_dir,
+                  schedule=schedule, log=log)
+
+
+def resume_state(search_: Search, state: SearchState, path: pathlib.Path, key, base: dict):
+  """Loads a cycle checkpoint, using freshly initialised agents as the structure to fill."""
+  config, setup = search_.config, search_.setup
+  hla_params = search.hla_params(config, search_.block_sensitivity)
+  lla_params = search.lla_params(
+      config, budget_env.decode_budgets(
+          jnp.zeros(2 * setup.kmap.num_blocks, jnp.int32), jnp.asarray(search_.block_sensitivity),
+          search_.hla.member(hla_params)),
+      setup.kmap, search_.kernel_sensitivity, search_.signal(state, base["eval"]),
+      baseline_accuracy=base["eval"], surrogate_ready=False)
+  like = {"hla": search_.hla.init(key, hla_params), "lla": search_.lla.init(key, lla_params),
+          "surrogate": state.surrogate, "plan": state.plan, "tuned": setup.variables}
+  restored, tuned, cycle = load_state(path, like)
+  return restored, tuned, cycle

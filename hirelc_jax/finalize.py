@@ -1,0 +1,83 @@
+"""The end of a run: the report contract, report.md, plots and the packed export."""
+
+from __future__ import annotations
+
+import pathlib
+import time
+
+import jax
+import numpy as np
+
+from hirelc_jax.compression import codes, export
+from hirelc_jax.compression.formats import format_name
+
+
+def plan_table(plan, kmap) -> list:
+  """The plan as report.json's list of blocks, each a list of present kernels."""
+  present = np.asarray(kmap.present)
+  bits, keep = np.asarray(plan.bits), np.asarray(plan.keep)
+  fmt, gran = np.asarray(plan.fmt), np.asarray(plan.gran)
+  blocks = []
+  for b in range(kmap.num_blocks):
+    row = []
+    for k, name in enumerate(kmap.kernel_names):
+      if not present[b, k]:
+        continue
+      f, g, n = int(fmt[b, k]), int(gran[b, k]), int(bits[b, k])
+      quantized = n != codes.FP32_BITS
+      label = "fp32" if not quantized else (
+          f"int{n}" if f == codes.INT or g == codes.LOG else format_name(f, n))
+      row.append({"name": name, "bits": n, "format": codes.FORMATS[f], "format_name": label,
+                  "granularity": codes.GRANULARITIES[g], "keep_ratio": round(float(keep[b, k]), 4)})
+    blocks.append(row)
+  return blocks
+
+
+def finalize(setup, state, best: int, tuned: dict, base: dict, test_acc: float, sens, phases: dict,
+             start: float, out_dir: pathlib.Path, *, schedule: str, log) -> dict:
+  """Exports the best plan's weights, writes report.json/report.md and the plots."""
+  from hirelc_jax import plots, report as report_io
+  config, record = setup.config, state.records[best]
+  t = time.perf_counter()
+  plan = _best_plan(state, best, setup)
+  info = export.export_model(tuned["params"], plan, setup.kmap, out_dir / "model_export.npz")
+  phases["export"] = time.perf_counter() - t
+  err = state.surrogate
+  predictions = [{"cycle": r["cycle"], "predicted": r["predicted_accuracy"],
+                  "actual": r["pre_finetune_accuracy"]} for r in state.records
+                 if r["predicted_accuracy"] is not None]
+  drop = base["test"] - test_acc
+  result = {
+      "model": config.model.name, "dataset": config.data.name, "seed": config.seed,
+      "device": jax.default_backend(), "schedule": schedule,
+      "baseline_accuracy": base["test"], "final_accuracy": test_acc,
+      "baseline_val_accuracy": base["val"], "final_val_accuracy": record["val_accuracy"],
+      "accuracy_drop": drop, "target_accuracy_drop": config.goal.target_accuracy_drop,
+      "met_target": bool(base["val"] - record["val_accuracy"] <= config.goal.target_accuracy_drop),
+      "best_cycle": best + 1,
+      "compression_ratio": record["compression_ratio"],
+      "paper_compression_ratio": record["paper_compression_ratio"],
+      "storage_bits": record["storage_bits"],
+      "fp32_bits": float(sum(32 * np.size(x) for x in jax.tree.leaves(setup.variables["params"]))),
+      "export": {"path": str(info.path), "file_bytes": int(info.file_bytes),
+                 "storage_bytes": float(info.storage_bits) / 8},
+      "kernel_names": list(setup.kmap.kernel_names),
+      "plan": plan_table(plan, setup.kmap),
+      "sensitivity": np.asarray(sens.block).tolist(),
+      "cycles": state.records, "evaluated": state.evaluated,
+      "surrogate": {"samples": int(err.count), "holdout_mae": float(err.holdout_mae),
+                    "predictions": predictions},
+      "wall_time_s": time.perf_counter() - start, "phase_times_s": phases,
+  }
+  report_io.write_report(result, out_dir)
+  plots.make_all(result, out_dir)
+  log("result", best_cycle=best + 1, final_accuracy=test_acc, accuracy_drop=drop,
+      compression_ratio=record["compression_ratio"], message=report_io.final_table(result))
+  return result
+
+
+def _best_plan(state, best: int, setup):
+  """The plan of cycle `best`, rebuilt from its record (the state holds only the last one)."""
+  from hirelc_jax.compression.plan import CompressionPlan
+  rec = state.records[best]
+  return CompressionPlan(**{k: np.asarray(v) for k, v in rec["plan_arrays"].items()})

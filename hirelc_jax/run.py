@@ -1,0 +1,130 @@
+"""Command line: python -m hirelc_jax.run --model vit_tiny (or the console script hirelc-jax)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+
+from hirelc_jax.data import DATASET_NAMES
+from hirelc_jax.models import MODEL_NAMES
+
+SCHEDULES = ("smoke", "default", "paper")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+      prog="hirelc-jax", description="Compress a network by hierarchical RL: per-kernel bits, "
+      "format, granularity and pruning, with QAT fine-tuning.")
+  p.add_argument("--model", choices=MODEL_NAMES, help="model to compress (default vit_tiny)")
+  p.add_argument("--dataset", choices=DATASET_NAMES, help="dataset (default fashion_mnist)")
+  p.add_argument("--data-dir", help="folder holding the dataset files")
+  p.add_argument("--config", help="a preset name from configs/ or a JSON file")
+  p.add_argument("--schedule", choices=SCHEDULES, default="default",
+                 help="sizes of the search: smoke (seconds), default, paper (the original's)")
+  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                 help="override a config value, e.g. --set goal.min_bits=3 (repeatable)")
+  p.add_argument("--cycles", type=int, help="search cycles")
+  p.add_argument("--seed", type=int, help="random seed")
+  p.add_argument("--output-dir", help="where runs are written (default runs/)")
+  p.add_argument("--resume", action="store_true", help="continue the run in the output directory")
+  p.add_argument("--quantization-type", choices=("mixed", "int", "float"))
+  p.add_argument("--strategy", choices=("uniform", "log", "per_channel", "learned"),
+                 help="fix one granularity for every kernel")
+  p.add_argument("--no-pruning", action="store_true", help="quantize only")
+  p.add_argument("--no-quantization", action="store_true", help="prune only")
+  p.add_argument("--target-accuracy-drop", type=float, help="allowed accuracy drop in points")
+  p.add_argument("--target-compression", type=float, help="whole-model compression to aim for")
+  p.add_argument("--quiet", action="store_true", help="no progress bars or cycle lines")
+  p.add_argument("--debug", action="store_true", help="show tracebacks")
+  return p
+
+
+def resolve_config(args):
+  """The Config the arguments describe (raises ValueError on bad input)."""
+  from hirelc_jax import config as C
+  cfg = C.Config()
+  if args.schedule != "default":
+    cfg = C.preset(args.schedule, cfg)
+  if args.config:
+    cfg = C.load(args.config, cfg) if args.config.endswith(".json") or os.path.sep in args.config \
+        else C.preset(args.config, cfg)
+  sets = {}
+  for item in args.set:
+    if "=" not in item:
+      raise ValueError(f"--set {item!r} is malformed; use KEY=VALUE, e.g. goal.min_bits=3")
+    k, v = item.split("=", 1)
+    sets[k.strip()] = v
+  flags = {"model.name": args.model, "data.name": args.dataset, "data.data_dir": args.data_dir,
+           "search.cycles": args.cycles, "seed": args.seed, "output_dir": args.output_dir,
+           "goal.quantization_type": args.quantization_type, "goal.strategy": args.strategy,
+           "goal.target_accuracy_drop": args.target_accuracy_drop,
+           "goal.target_compression": args.target_compression}
+  tree = {}
+  for dotted, value in flags.items():
+    if value is not None:
+      node = tree
+      *parents, leaf = dotted.split(".")
+      for part in parents:
+        node = node.setdefault(part, {})
+      node[leaf] = value
+  if args.no_pruning:
+    tree.setdefault("goal", {})["pruning"] = False
+  if args.no_quantization:
+    tree.setdefault("goal", {})["quantization"] = False
+  cfg = C.from_dict(tree, cfg)
+  cfg = C.override(cfg, sets)
+  return cfg.validate()
+
+
+def output_path(cfg, resume: bool) -> pathlib.Path:
+  """runs/<model>-<dataset>-s<seed>; refuses to overwrite a finished or foreign run."""
+  path = pathlib.Path(cfg.output_dir) / f"{cfg.model.name}-{cfg.data.name}-s{cfg.seed}"
+  if path.exists() and not resume and any(path.iterdir()):
+    raise ValueError(f"output directory {path} already holds a run; pass --resume to continue it "
+                     "or --output-dir to write elsewhere")
+  if resume and not (path / "config.json").exists():
+    raise ValueError(f"--resume: no run to continue in {path}")
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / ".write_test"
+    probe.write_text("")
+    probe.unlink()
+  except OSError as err:
+    raise ValueError(f"output directory {path} is not writable ({err.strerror}); "
+                     "choose another with --output-dir") from None
+  return path
+
+
+def main(argv=None) -> int:
+  args = build_parser().parse_args(argv)
+  try:
+    cfg = resolve_config(args)
+    out = output_path(cfg, args.resume)
+    if args.resume:
+      from hirelc_jax import config as C
+      saved = C.load(out / "config.json")
+      if saved != cfg:
+        raise ValueError(f"--resume: the arguments differ from the run's saved config in {out}; "
+                         "repeat the original command with --resume")
+    import jax
+    from hirelc_jax import experiment
+    if jax.default_backend() == "cpu" and not args.quiet:
+      print("note: running on CPU (no GPU/TPU found by JAX); this works but is slower")
+    experiment.run(cfg, out, resume=args.resume, quiet=args.quiet, schedule=args.schedule)
+    print(f"outputs in {out}")
+    return 0
+  except KeyboardInterrupt:
+    print("\ninterrupted: every completed cycle is saved; rerun the same command with --resume",
+          file=sys.stderr)
+    return 130
+  except (ValueError, FloatingPointError, FileNotFoundError) as err:
+    if args.debug:
+      raise
+    print(f"error: {err}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

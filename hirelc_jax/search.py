@@ -1,0 +1,251 @@
+"""The hierarchical search: HLA budgets, vmapped LLA ensembles, and their decisions.
+
+Pure functions over explicit state. The high-level agent (HLA) is an ensemble
+of learners on `BudgetEnv`; the low-level agents (LLA) are, for every block,
+an ensemble on `KernelEnv`, all blocks and members trained in one compiled
+call per algorithm (PPO members and A2C members differ in static structure).
+
+Units: the HLA acts in the original's table units (target ratio 0.15-0.35 with
+the goal at 0.25). Its decoded ratios are rescaled so that level 2 equals the
+goal's storage fraction 1/target_compression before they reach the LLA.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from hirelc_jax.agents import budget_env, ensemble, kernel_env, ppo
+from hirelc_jax.compression import codes
+from hirelc_jax.compression.kernel_map import KernelMap
+from hirelc_jax.compression.plan import CompressionPlan
+from hirelc_jax.config import AgentConfig, Config
+
+TABLE_GOAL = budget_env.RESET_TARGET  # the HLA table's goal ratio (0.25)
+
+
+def learner_config(agent: AgentConfig, algorithm: str) -> ppo.LearnerConfig:
+  """SB3-style settings for one member of an ensemble."""
+  if algorithm == "a2c":
+    return ppo.sb3_a2c(lr=2 * agent.lr, n_steps=agent.n_steps, n_envs=agent.n_envs,
+                       ent_coef=agent.ent_coef)
+  batch = agent.n_steps * agent.n_envs
+  return ppo.sb3_ppo(lr=agent.lr, n_steps=agent.n_steps, n_envs=agent.n_envs,
+                     minibatch_size=min(32, batch), ent_coef=agent.ent_coef)
+
+
+def groups(algorithms) -> dict[str, np.ndarray]:
+  """Member indices per algorithm, e.g. {'ppo': [0, 2], 'a2c': [1]}."""
+  return {a: np.flatnonzero(np.array(algorithms) == a) for a in ("ppo", "a2c")
+          if a in algorithms}
+
+
+def take(tree, index, axis: int = 0):
+  """Selects `index` (an int array) along `axis` of every leaf."""
+  return jax.tree.map(lambda x: jnp.take(x, index, axis=axis), tree)
+
+
+@struct.dataclass
+class Ensemble:
+  """Runner states of one ensemble, one entry per algorithm group.
+
+  runners[a] has leading axes [members_a] (HLA) or [blocks, members_a] (LLA).
+  weights: float32 [M] (HLA) or [B, M] (LLA) member weights for the vote.
+  """
+  runners: dict
+  weights: jax.Array
+
+
+class EnsembleTrainer:
+  """Trains and queries one ensemble: jitted init/update per algorithm group.
+
+  Env params are batched [M] (HLA) or [B, M] (LLA, `nested=True`); the LLA's
+  accuracy signal is shared across the batch through `in_axes_fn`.
+  """
+
+  def __init__(self, env, agent: AgentConfig, *, nested: bool,
+               in_axes_fn: Callable[[Any], Any] | None = None):
+    self.env, self.agent, self.nested = env, agent, nested
+    self.groups = groups(agent.algorithms)
+    self.member_axis = 1 if nested else 0
+    in_axes_fn = in_axes_fn or (lambda params: 0)
+    self.in_axes_fn = in_axes_fn
+    self.learners = {}
+    for algo in self.groups:
+      config = learner_config(agent, algo)
+      self.learners[algo] = (ppo.make_learner(config, env, agent.updates_first),
+                             ppo.make_learner(config, env, agent.updates_per_cycle))
+    self.network = ppo.make_network(learner_config(agent, agent.algorithms[0]), env)
+
+    def batched(fn):
+      """vmap fn(key_or_runner, env_params) over members (and blocks)."""
+      def wrap(params):
+        axes = in_axes_fn(params)
+        inner = jax.vmap(fn, in_axes=(0, axes))
+        return jax.vmap(inner, in_axes=(0, axes)) if nested else inner
+      return wrap
+
+    env_, network = env, self.network
+
+    def greedy(runner, env_params):
+      obs, _ = env_.reset(runner.key, env_params)
+      return ppo.act(network, runner.train_state.params, obs, runner.key, deterministic=True)
+
+    self._init = {a: jax.jit(lambda k, p, a=a: batched(self.learners[a][0].init)(p)(k, p))
+                  for a in self.groups}
+    self._update = {(a, first): jax.jit(
+        lambda r, p, a=a, first=first: batched(self.learners[a][0 if first else 1].update)(p)(r, p))
+        for a in self.groups for first in (True, False)}
+    self._greedy = jax.jit(lambda r, p: batched(greedy)(p)(r, p))
+
+  def _members(self, params, idx):
+    """The env params of members `idx` (fields shared across the batch stay whole)."""
+    def select(axis, subtree):
+      return subtree if axis is None else take(subtree, idx, axis=self.member_axis)
+    return jax.tree.map(select, self.in_axes_fn(params), params, is_leaf=lambda x: x is None)
+
+  def member(self, params, index: int = 0):
+    """The env params of one member (for decoding, which does not depend on weights)."""
+    return self._members(params, jnp.asarray(index))
+
+  def init(self, key, params) -> Ensemble:
+    """Fresh learners for every member; uniform vote weights."""
+    lead = lead_shape(params, self.nested)
+    runners = {}
+    for i, (algo, idx) in enumerate(self.groups.items()):
+      sub = self._members(params, idx)
+      shape = lead[:-1] + (len(idx),)
+      keys = jax.random.split(jax.random.fold_in(key, i), int(np.prod(shape))).reshape(shape)
+      runners[algo] = self._init[algo](keys, sub)
+    return Ensemble(runners, jnp.full(lead, 1.0 / lead[-1], jnp.float32))
+
+  def train(self, ens: Ensemble, params, *, first: bool) -> tuple[Ensemble, dict]:
+    """Runs one cycle's updates for every group; returns the mean reward per group."""
+    runners, metrics = {}, {}
+    for algo, idx in self.groups.items():
+      runners[algo], m = self._update[(algo, first)](ens.runners[algo], self._members(params, idx))
+      metrics[algo] = float(jnp.nanmean(m["reward"]))
+    return ens.replace(runners=runners), metrics
+
+  def greedy_actions(self, ens: Ensemble, params) -> jax.Array:
+    """Each member's deterministic action at a reset observation: int32 [..., M, D]."""
+    out = None
+    for algo, idx in self.groups.items():
+      acts = self._greedy(ens.runners[algo], self._members(params, idx))
+      if out is None:
+        lead = lead_shape(params, self.nested)
+        out = jnp.zeros(lead + acts.shape[-1:], jnp.int32)
+      out = out.at[..., idx, :].set(acts)
+    return out
+
+
+def lead_shape(params, nested: bool) -> tuple[int, ...]:
+  """Leading batch shape of batched env params: (M,) or (B, M)."""
+  leaf = params.block_index if hasattr(params, "block_index") else params.w_comp
+  return tuple(leaf.shape[:2]) if nested else tuple(leaf.shape[:1])
+
+
+def stack_params(items):
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *items)
+
+
+def goal_fraction(config: Config) -> float:
+  """The storage fraction the goal asks for (1 / target compression)."""
+  return 1.0 / config.goal.target_compression
+
+
+def hla_params(config: Config, sensitivity, *, last_acc_drop=0.0, last_ratio=None,
+               progress=0.0) -> budget_env.EnvParams:
+  """HLA env params for every member [M]; members differ in their compression weight.
+
+  last_ratio is the last cycle's honest storage fraction, rescaled to table units.
+  """
+  goal = config.goal
+  table = budget_env.MIN_BITS_WIDE if goal.min_bits < 4 else budget_env.MIN_BITS
+  last = 1.0 if last_ratio is None else TABLE_GOAL * last_ratio / goal_fraction(config)
+  members = [budget_env.budget_params(
+      len(sensitivity), sensitivity=np.asarray(sensitivity), goal_target_ratio=TABLE_GOAL,
+      goal_acc_drop=goal.target_accuracy_drop, goal_min_bits=goal.min_bits,
+      goal_max_prune=goal.max_prune, min_bits_table=table, last_acc_drop=last_acc_drop,
+      last_compression=min(last, 1.0), cycle_progress=progress, w_comp=50.0 * beta)
+      for beta in config.hla.betas]
+  return stack_params(members)
+
+
+def decide_budgets(trainer: EnsembleTrainer, ens: Ensemble, params, config: Config):
+  """The ensemble's voted budgets, target ratios rescaled to the goal's units."""
+  actions = trainer.greedy_actions(ens, params)                       # [M, 2N]
+  nvec = tuple(trainer.env.action_space(None).nvec)
+  voted = ensemble.vote(actions, ens.weights, nvec)
+  member0 = trainer.member(params)
+  budgets = budget_env.decode_budgets(voted, member0.sensitivity, member0)
+  scale = goal_fraction(config) / TABLE_GOAL
+  return budgets.replace(target_ratio=budgets.target_ratio * scale), actions
+
+
+def kernel_sizes(kmap: KernelMap) -> tuple[np.ndarray, np.ndarray]:
+  """Weights and output neurons per plan slot, [B, K] (0 where a slot is empty)."""
+  size = np.zeros(kmap.plan_shape, np.float32)
+  out = np.ones(kmap.plan_shape, np.int32)
+  for e in kmap.entries:
+    size[e.block, e.kernel] = np.prod(e.shape)
+    out[e.block, e.kernel] = e.num_out
+  return size, out
+
+
+def lla_params(config: Config, budgets, kmap: KernelMap, kernel_sensitivity, signal, *,
+               baseline_accuracy: float, surrogate_ready: bool) -> kernel_env.EnvParams:
+  """LLA env params batched [B, M]: every block's budget for every member's weights."""
+  b, k = kmap.plan_shape
+  m = len(config.lla.algorithms)
+  grid = lambda x: np.broadcast_to(np.asarray(x)[:, None], (b, m) + np.shape(x)[1:])
+  size, num_out = kernel_sizes(kmap)
+  block_sens = np.asarray(kernel_sensitivity).max(-1)
+  return kernel_env.kernel_params(
+      k, block_index=grid(np.arange(b)), num_blocks=np.full((b, m), b),
+      sensitivity=grid(block_sens), kernel_sensitivity=grid(np.asarray(kernel_sensitivity)),
+      target_ratio=grid(budgets.target_ratio), min_bits=grid(budgets.min_bits),
+      max_bits=np.full((b, m), config.goal.max_bits), max_prune=grid(budgets.max_prune),
+      max_acc_drop=grid(budgets.max_acc_drop), kernel_size=grid(size), num_out=grid(num_out),
+      alpha=np.full((b, m), config.lla.alpha), beta=np.broadcast_to(config.lla.betas, (b, m)),
+      gamma=np.full((b, m), config.lla.gamma), baseline_accuracy=np.full((b, m), baseline_accuracy),
+      surrogate_ready=np.full((b, m), float(surrogate_ready)),
+      max_steps_in_episode=np.full((b, m), 20), signal=signal)
+
+
+def decide_plan(trainer: EnsembleTrainer, ens: Ensemble, params) -> tuple[CompressionPlan, Any]:
+  """Votes each block's members' greedy actions and decodes them into a plan [B, K]."""
+  actions = trainer.greedy_actions(ens, params)                       # [B, M, D]
+  nvec = tuple(trainer.env.action_space(None).nvec)
+  voted = jax.vmap(ensemble.vote, in_axes=(0, 0, None))(actions, ens.weights, nvec)
+  per_block = trainer.member(params)
+  bits, keep, fmt, gran = jax.vmap(trainer.env.decode_action, in_axes=(0, trainer.in_axes_fn(per_block)))(
+      voted, per_block)
+  return CompressionPlan(bits=bits.astype(jnp.int32), keep=keep.astype(jnp.float32),
+                         fmt=fmt.astype(jnp.int32), gran=gran.astype(jnp.int32)), actions
+
+
+def random_plans(key, count: int, kmap: KernelMap, config: Config) -> CompressionPlan:
+  """Random plans inside the goal's limits, for the surrogate warm-up: [count, B, K]."""
+  goal = config.goal
+  shape = (count,) + kmap.plan_shape
+  kb, kk, kf, kg = jax.random.split(key, 4)
+  bits = jax.random.randint(kb, shape, goal.min_bits, goal.max_bits + 1)
+  keep = jax.random.uniform(kk, shape, minval=1.0 - goal.max_prune, maxval=1.0)
+  fmt = jax.random.randint(kf, shape, 0, 2)
+  gran = jax.random.randint(kg, shape, 0, 4)
+  if goal.quantization_type != "mixed":
+    fmt = jnp.full(shape, codes.INT if goal.quantization_type == "int" else codes.FLOAT)
+  if goal.strategy is not None:
+    gran = jnp.full(shape, codes.granularity_code(goal.strategy))
+  if not goal.pruning:
+    keep = jnp.ones(shape)
+  if not goal.quantization:
+    bits = jnp.full(shape, codes.FP32_BITS)
+  return CompressionPlan(bits=bits.astype(jnp.int32), keep=keep.astype(jnp.float32),
+                         fmt=fmt.astype(jnp.int32), gran=gran.astype(jnp.int32))
