@@ -353,10 +353,19 @@ def warmup(search_: Search, key, log: EventLog, quiet: bool):
   return sur, evaluated
 
 
+def enable_compilation_cache() -> None:
+  """Persists XLA compilations under the cache root, so a second run skips compiling."""
+  path = baseline.cache_root() / "xla"
+  path.mkdir(parents=True, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", str(path))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def run(config: Config, out_dir: pathlib.Path, *, resume: bool = False, quiet: bool = False,
         echo=print, schedule: str = "default") -> dict:
   """Runs the whole search and writes every output into `out_dir`; returns report.json's dict."""
   config.validate()
+  enable_compilation_cache()
   start = time.perf_counter()
   phases: dict[str, float] = {}
   out_dir = pathlib.Path(out_dir)

@@ -76,10 +76,10 @@ class EnsembleTrainer:
     in_axes_fn = in_axes_fn or (lambda params: 0)
     self.in_axes_fn = in_axes_fn
     self.learners = {}
-    for algo in self.groups:
-      config = learner_config(agent, algo)
-      self.learners[algo] = (ppo.make_learner(config, env, agent.updates_first),
-                             ppo.make_learner(config, env, agent.updates_per_cycle))
+    for algo in self.groups:  # one compiled update per algorithm, repeated in cycle 1
+      self.learners[algo] = ppo.make_learner(learner_config(agent, algo), env,
+                                             agent.updates_per_cycle)
+    self.first_repeats = max(1, round(agent.updates_first / agent.updates_per_cycle))
     self.network = ppo.make_network(learner_config(agent, agent.algorithms[0]), env)
 
     def batched(fn):
@@ -96,11 +96,10 @@ class EnsembleTrainer:
       obs, _ = env_.reset(runner.key, env_params)
       return ppo.act(network, runner.train_state.params, obs, runner.key, deterministic=True)
 
-    self._init = {a: jax.jit(lambda k, p, a=a: batched(self.learners[a][0].init)(p)(k, p))
+    self._init = {a: jax.jit(lambda k, p, a=a: batched(self.learners[a].init)(p)(k, p))
                   for a in self.groups}
-    self._update = {(a, first): jax.jit(
-        lambda r, p, a=a, first=first: batched(self.learners[a][0 if first else 1].update)(p)(r, p))
-        for a in self.groups for first in (True, False)}
+    self._update = {a: jax.jit(lambda r, p, a=a: batched(self.learners[a].update)(p)(r, p))
+                    for a in self.groups}
     self._greedy = jax.jit(lambda r, p: batched(greedy)(p)(r, p))
 
   def _members(self, params, idx):
@@ -128,8 +127,10 @@ class EnsembleTrainer:
     """Runs one cycle's updates for every group; returns the mean reward per group."""
     runners, metrics = {}, {}
     for algo, idx in self.groups.items():
-      runners[algo], m = self._update[(algo, first)](ens.runners[algo], self._members(params, idx))
-      metrics[algo] = float(jnp.nanmean(m["reward"]))
+      runner, sub = ens.runners[algo], self._members(params, idx)
+      for _ in range(self.first_repeats if first else 1):
+        runner, m = self._update[algo](runner, sub)
+      runners[algo], metrics[algo] = runner, float(jnp.nanmean(m["reward"]))
     return ens.replace(runners=runners), metrics
 
   def greedy_actions(self, ens: Ensemble, params) -> jax.Array:

@@ -1,0 +1,125 @@
+"""The whole pipeline on the smoke schedule (vit_mu on digits): outputs, determinism, resume, errors."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from hirelc_jax import run as cli
+from hirelc_jax.compression import export
+
+SMOKE = ["--model", "vit_mu", "--dataset", "digits", "--schedule", "smoke", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+  path = tmp_path_factory.mktemp("cache")
+  old = os.environ.get("HIRELC_JAX_CACHE")
+  os.environ["HIRELC_JAX_CACHE"] = str(path)
+  yield path
+  if old is None:
+    os.environ.pop("HIRELC_JAX_CACHE")
+  else:
+    os.environ["HIRELC_JAX_CACHE"] = old
+
+
+@pytest.fixture(scope="module")
+def first_run(cache, tmp_path_factory):
+  out = tmp_path_factory.mktemp("run1")
+  assert cli.main(SMOKE + ["--output-dir", str(out)]) == 0
+  run_dir = out / "vit_mu-digits-s0"
+  return run_dir, json.loads((run_dir / "report.json").read_text())
+
+
+def test_outputs_follow_the_contract(first_run):
+  run_dir, report = first_run
+  for name in ("config.json", "metrics.jsonl", "report.md", "model_export.npz", "pareto.png",
+               "plan_heatmap.png", "cycles.png"):
+    assert (run_dir / name).is_file(), name
+  for key in ("model", "dataset", "seed", "baseline_accuracy", "final_accuracy", "accuracy_drop",
+              "compression_ratio", "paper_compression_ratio", "storage_bits", "plan", "cycles",
+              "wall_time_s", "phase_times_s"):
+    assert key in report, key
+  assert report["model"] == "vit_mu" and report["dataset"] == "digits"
+  assert len(report["plan"]) == 2 and all(len(block) == 4 for block in report["plan"])
+  kernel = report["plan"][0][0]
+  assert set(kernel) >= {"name", "bits", "format", "granularity", "keep_ratio"}
+  assert len(report["cycles"]) == 2
+  assert report["accuracy_drop"] == pytest.approx(report["baseline_accuracy"] - report["final_accuracy"])
+  assert report["compression_ratio"] > 1.0
+  events = [json.loads(line)["event"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+  assert events.count("cycle") == 2 and events[-1] == "result"
+
+
+def test_export_reloads_to_the_fine_tuned_accuracy(first_run):
+  run_dir, report = first_run
+  from hirelc_jax import config as C
+  from hirelc_jax import experiment
+  setup = experiment.prepare(C.load(run_dir / "config.json"), quiet=True, log=lambda m: None)
+  params, _ = export.load_export(run_dir / "model_export.npz")
+  acc = experiment.accuracy(setup, {"params": params}, setup.data.x_test, setup.data.y_test)
+  assert acc == pytest.approx(report["final_accuracy"], abs=1e-9)
+
+
+def test_same_seed_gives_the_same_result(first_run, tmp_path):
+  _, report = first_run
+  assert cli.main(SMOKE + ["--output-dir", str(tmp_path)]) == 0
+  again = json.loads((tmp_path / "vit_mu-digits-s0" / "report.json").read_text())
+  assert again["plan"] == report["plan"]
+  assert again["final_accuracy"] == report["final_accuracy"]
+  assert [c["val_accuracy"] for c in again["cycles"]] == [c["val_accuracy"] for c in report["cycles"]]
+
+
+def test_killed_run_resumes_to_the_same_result(first_run, cache, tmp_path):
+  _, report = first_run
+  args = [sys.executable, "-m", "hirelc_jax.run"] + SMOKE + ["--output-dir", str(tmp_path)]
+  env = {**os.environ, "HIRELC_JAX_CACHE": str(cache)}
+  proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  marker = tmp_path / "vit_mu-digits-s0" / "checkpoints" / "cycle_1" / "meta.json"
+  deadline = time.time() + 600
+  while not marker.exists() and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.2)
+  assert marker.exists(), "the run never completed its first cycle"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (tmp_path / "vit_mu-digits-s0" / "report.json").exists()
+  done = subprocess.run(args + ["--resume"], env=env, capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr
+  resumed = json.loads((tmp_path / "vit_mu-digits-s0" / "report.json").read_text())
+  assert resumed["plan"] == report["plan"]
+  assert resumed["final_accuracy"] == report["final_accuracy"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--set", "goal.min_bits"], "--set 'goal.min_bits' is malformed"),
+    (["--set", "goal.nope=1"], "unknown config key goal.'nope'"),
+    (["--target-accuracy-drop", "-1"], "target_accuracy_drop=-1.0"),
+    (["--target-compression", "0.5"], "target_compression=0.5"),
+    (["--config", "no_such_preset"], "unknown preset 'no_such_preset'"),
+    (["--data-dir", "/nonexistent", "--dataset", "fashion_mnist"], "/nonexistent"),
+])
+def test_bad_input_is_one_line_and_nonzero(argv, message, tmp_path, capsys, cache):
+  code = cli.main(["--model", "vit_mu", "--quiet", "--output-dir", str(tmp_path)] + argv)
+  err = capsys.readouterr().err.strip()
+  assert code == 2 and message in err and len(err.splitlines()) == 1, err
+
+
+def test_existing_run_is_not_overwritten(first_run, capsys):
+  run_dir, _ = first_run
+  before = (run_dir / "report.json").read_bytes()
+  code = cli.main(SMOKE + ["--output-dir", str(run_dir.parent)])
+  assert code == 2 and "already holds a run" in capsys.readouterr().err
+  assert (run_dir / "report.json").read_bytes() == before
+
+
+def test_unwritable_output_dir(tmp_path, capsys):
+  blocker = tmp_path / "file"
+  blocker.write_text("")
+  code = cli.main(SMOKE + ["--output-dir", str(blocker / "sub")])
+  assert code == 2 and "not writable" in capsys.readouterr().err
