@@ -362,8 +362,12 @@ def enable_compilation_cache() -> None:
 
 
 def run(config: Config, out_dir: pathlib.Path, *, resume: bool = False, quiet: bool = False,
-        echo=print, schedule: str = "default") -> dict:
-  """Runs the whole search and writes every output into `out_dir`; returns report.json's dict."""
+        echo=print, schedule: str = "default", setup: Setup | None = None) -> dict:
+  """Runs the whole search and writes every output into `out_dir`; returns report.json's dict.
+
+  `setup` (a user's model and data, see `hirelc_jax.api`) replaces the
+  registry model, dataset and baseline training of `prepare`.
+  """
   config.validate()
   enable_compilation_cache()
   start = time.perf_counter()
@@ -377,7 +381,8 @@ def run(config: Config, out_dir: pathlib.Path, *, resume: bool = False, quiet: b
   key = jax.random.key(config.seed)
 
   t = time.perf_counter()
-  setup = prepare(config, quiet=quiet, log=lambda m: log("baseline", message=m))
+  if setup is None:
+    setup = prepare(config, quiet=quiet, log=lambda m: log("baseline", message=m))
   data = setup.data
   n_eval = config.search.eval_samples
   base = {"val": accuracy(setup, setup.variables, data.x_val, data.y_val),

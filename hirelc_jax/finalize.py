@@ -48,7 +48,7 @@ def finalize(setup, state, best: int, tuned: dict, base: dict, test_acc: float, 
                  if r["predicted_accuracy"] is not None]
   drop = base["test"] - test_acc
   result = {
-      "model": config.model.name, "dataset": config.data.name, "seed": config.seed,
+      "model": setup.spec.name, "dataset": setup.data.name, "seed": config.seed,
       "device": jax.default_backend(), "schedule": schedule,
       "baseline_accuracy": base["test"], "final_accuracy": test_acc,
       "baseline_val_accuracy": base["val"], "final_val_accuracy": record["val_accuracy"],
