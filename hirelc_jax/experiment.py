@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hirelc_jax import search
+from hirelc_jax import run_state, search
 from hirelc_jax.agents import budget_env, kernel_env, proxies
 from hirelc_jax.agents.sensitivity import estimate_sensitivity
 from hirelc_jax.agents.surrogate import SurrogateConfig, encode_plan, make_surrogate, num_features
@@ -293,40 +293,6 @@ def select_best(records: list, base_val: float, target_drop: float) -> int:
   return max(range(len(records)), key=lambda i: records[i]["val_accuracy"])
 
 
-def _saveable(tree):
-  """Typed PRNG keys become their raw key data (orbax stores plain arrays)."""
-  return jax.tree.map(lambda x: jax.random.key_data(x)
-                      if jnp.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key) else x, tree)
-
-
-def _restored(tree, like):
-  return jax.tree.map(lambda x, ref: jax.random.wrap_key_data(x)
-                      if jnp.issubdtype(getattr(ref, "dtype", np.float32), jax.dtypes.prng_key) else x,
-                      tree, like)
-
-
-def save_state(path: pathlib.Path, state: SearchState, tuned: dict, cycle: int) -> None:
-  tree = {"hla": state.hla, "lla": state.lla, "surrogate": state.surrogate,
-          "plan": state.plan, "tuned": tuned}
-  meta = {"cycle": cycle, "records": state.records, "evaluated": state.evaluated,
-          "recovery": state.recovery}
-  checkpoint.save_tree(path, _saveable(tree), meta=json.loads(json.dumps(meta, default=float)))
-
-
-def load_state(path: pathlib.Path, like: dict) -> tuple[SearchState, dict, int]:
-  tree = _restored(checkpoint.load_tree(path, _saveable(like)), like)
-  meta = checkpoint.load_meta(path)
-  state = SearchState(tree["hla"], tree["lla"], tree["surrogate"], tree["plan"], meta["records"],
-                      meta["evaluated"], meta["recovery"])
-  return state, tree["tuned"], meta["cycle"]
-
-
-def latest_cycle(ckpt_dir: pathlib.Path) -> int:
-  """Number of completed cycles with a checkpoint (0 if none)."""
-  done = [int(p.name.split("_")[1]) for p in ckpt_dir.glob("cycle_*") if (p / "meta.json").exists()]
-  return max(done, default=0)
-
-
 def warmup(search_: Search, key, log: EventLog, quiet: bool):
   """Random plans evaluated for real (batched, pre-fine-tune), then the first surrogate fit."""
   setup, config = search_.setup, search_.config
@@ -412,37 +378,21 @@ def run(config: Config, out_dir: pathlib.Path, *, resume: bool = False, quiet: b
                       [], evaluated, RECOVERY_PRIOR)
 
   t = time.perf_counter()
-  done = latest_cycle(ckpt_dir) if resume else 0
+  done = run_state.latest_cycle(ckpt_dir) if resume else 0
   if done:
-    state, _, _ = resume_state(search_, state, ckpt_dir / f"cycle_{done}", key, base)
+    state, _, _ = run_state.resume_state(search_, state, ckpt_dir / f"cycle_{done}", key, base)
     log("resume", cycle=done, message=f"resumed after cycle {done}")
   for cycle in range(done, config.search.cycles):
     state, tuned = run_cycle(search_, state, cycle, base, jax.random.fold_in(key, 100 + cycle), log, quiet)
-    save_state(ckpt_dir / f"cycle_{cycle + 1}", state, tuned, cycle + 1)
+    run_state.save_state(ckpt_dir / f"cycle_{cycle + 1}", state, tuned, cycle + 1)
   phases["cycles"] = time.perf_counter() - t
 
   t = time.perf_counter()
   best = select_best(state.records, base["val"], config.goal.target_accuracy_drop)
-  _, tuned, _ = resume_state(search_, state, ckpt_dir / f"cycle_{best + 1}", key, base)
+  _, tuned, _ = run_state.resume_state(search_, state, ckpt_dir / f"cycle_{best + 1}", key, base)
   test_acc = accuracy(setup, tuned, data.x_test, data.y_test)
   phases["final_eval"] = time.perf_counter() - t
 
   from hirelc_jax.finalize import finalize
   return finalize(setup, state, best, tuned, base, test_acc, sens, phases, start, out_dir,
                   schedule=schedule, log=log)
-
-
-def resume_state(search_: Search, state: SearchState, path: pathlib.Path, key, base: dict):
-  """Loads a cycle checkpoint, using freshly initialised agents as the structure to fill."""
-  config, setup = search_.config, search_.setup
-  hla_params = search.hla_params(config, search_.block_sensitivity)
-  lla_params = search.lla_params(
-      config, budget_env.decode_budgets(
-          jnp.zeros(2 * setup.kmap.num_blocks, jnp.int32), jnp.asarray(search_.block_sensitivity),
-          search_.hla.member(hla_params)),
-      setup.kmap, search_.kernel_sensitivity, search_.signal(state, base["eval"]),
-      baseline_accuracy=base["eval"], surrogate_ready=False)
-  like = {"hla": search_.hla.init(key, hla_params), "lla": search_.lla.init(key, lla_params),
-          "surrogate": state.surrogate, "plan": state.plan, "tuned": setup.variables}
-  restored, tuned, cycle = load_state(path, like)
-  return restored, tuned, cycle

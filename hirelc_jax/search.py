@@ -12,7 +12,6 @@ goal's storage fraction 1/target_compression before they reach the LLA.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable
 
 import jax

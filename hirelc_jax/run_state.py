@@ -1,0 +1,64 @@
+"""Saving and resuming the search state after every completed cycle."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hirelc_jax import search
+from hirelc_jax.agents import budget_env
+from hirelc_jax.training import checkpoint
+
+
+def _saveable(tree):
+  """Typed PRNG keys become their raw key data (orbax stores plain arrays)."""
+  return jax.tree.map(lambda x: jax.random.key_data(x)
+                      if jnp.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key) else x, tree)
+
+
+def _restored(tree, like):
+  return jax.tree.map(lambda x, ref: jax.random.wrap_key_data(x)
+                      if jnp.issubdtype(getattr(ref, "dtype", np.float32), jax.dtypes.prng_key) else x,
+                      tree, like)
+
+
+def save_state(path: pathlib.Path, state, tuned: dict, cycle: int) -> None:
+  tree = {"hla": state.hla, "lla": state.lla, "surrogate": state.surrogate,
+          "plan": state.plan, "tuned": tuned}
+  meta = {"cycle": cycle, "records": state.records, "evaluated": state.evaluated,
+          "recovery": state.recovery}
+  checkpoint.save_tree(path, _saveable(tree), meta=json.loads(json.dumps(meta, default=float)))
+
+
+def load_state(path: pathlib.Path, like: dict, state_cls):
+  tree = _restored(checkpoint.load_tree(path, _saveable(like)), like)
+  meta = checkpoint.load_meta(path)
+  state = state_cls(tree["hla"], tree["lla"], tree["surrogate"], tree["plan"], meta["records"],
+                      meta["evaluated"], meta["recovery"])
+  return state, tree["tuned"], meta["cycle"]
+
+
+def latest_cycle(ckpt_dir: pathlib.Path) -> int:
+  """Number of completed cycles with a checkpoint (0 if none)."""
+  done = [int(p.name.split("_")[1]) for p in ckpt_dir.glob("cycle_*") if (p / "meta.json").exists()]
+  return max(done, default=0)
+
+
+def resume_state(search_, state, path: pathlib.Path, key, base: dict):
+  """Loads a cycle checkpoint, using freshly initialised agents as the structure to fill."""
+  config, setup = search_.config, search_.setup
+  hla_params = search.hla_params(config, search_.block_sensitivity)
+  lla_params = search.lla_params(
+      config, budget_env.decode_budgets(
+          jnp.zeros(2 * setup.kmap.num_blocks, jnp.int32), jnp.asarray(search_.block_sensitivity),
+          search_.hla.member(hla_params)),
+      setup.kmap, search_.kernel_sensitivity, search_.signal(state, base["eval"]),
+      baseline_accuracy=base["eval"], surrogate_ready=False)
+  like = {"hla": search_.hla.init(key, hla_params), "lla": search_.lla.init(key, lla_params),
+          "surrogate": state.surrogate, "plan": state.plan, "tuned": setup.variables}
+  restored, tuned, cycle = load_state(path, like, type(state))
+  return restored, tuned, cycle
