@@ -69,8 +69,8 @@ def finalize(setup, state, best: int, tuned: dict, base: dict, test_acc: float, 
                     "predictions": predictions},
       "wall_time_s": time.perf_counter() - start, "phase_times_s": phases,
   }
-  report_io.write_report(result, out_dir)
-  plots.make_all(result, out_dir)
+  figures = plots.make_all(result, out_dir)
+  report_io.write_report(result, out_dir, figures=figures)
   log("result", best_cycle=best + 1, final_accuracy=test_acc, accuracy_drop=drop,
       compression_ratio=record["compression_ratio"], message=report_io.final_table(result))
   return result
