@@ -76,18 +76,20 @@ def test_same_seed_gives_the_same_result(first_run, tmp_path):
   assert [c["val_accuracy"] for c in again["cycles"]] == [c["val_accuracy"] for c in report["cycles"]]
 
 
-def test_killed_run_resumes_to_the_same_result(first_run, cache, tmp_path):
+def test_interrupted_run_resumes_to_the_same_result(first_run, cache, tmp_path):
+  """SIGINT after the first cycle: a clean exit (130), then --resume ends like an uninterrupted run."""
   _, report = first_run
   args = [sys.executable, "-m", "hirelc_jax.run"] + SMOKE + ["--output-dir", str(tmp_path)]
   env = {**os.environ, "HIRELC_JAX_CACHE": str(cache)}
-  proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   marker = tmp_path / "vit_mu-digits-s0" / "checkpoints" / "cycle_1" / "meta.json"
   deadline = time.time() + 600
   while not marker.exists() and proc.poll() is None and time.time() < deadline:
     time.sleep(0.2)
   assert marker.exists(), "the run never completed its first cycle"
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 130 and "--resume" in err, err
   assert not (tmp_path / "vit_mu-digits-s0" / "report.json").exists()
   done = subprocess.run(args + ["--resume"], env=env, capture_output=True, text=True)
   assert done.returncode == 0, done.stderr
