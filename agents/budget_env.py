@@ -47,10 +47,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
-from gymnax.environments import environment
 from gymnax.environments import spaces as gspaces
 
-from hirelc_jax.agents.spaces import MultiDiscrete
+from hirelc_jax.agents.spaces import FixedLengthEnv, MultiDiscrete
 
 NUM_LEVELS = 5
 NUM_STRATEGIES = 3
@@ -238,7 +237,7 @@ def budget_reward(target_ratio: jax.Array, params: EnvParams) -> jax.Array:
   return raw / params.reward_scale
 
 
-class BudgetEnv(environment.Environment):
+class BudgetEnv(FixedLengthEnv):
   """The HLA environment for `num_blocks` blocks (static structure only)."""
 
   def __init__(self, num_blocks: int):
@@ -283,14 +282,6 @@ class BudgetEnv(environment.Environment):
     state = EnvState(time=state.time + 1, target_ratio=budgets.target_ratio)
     info: dict[str, Any] = {"mean_target": jnp.mean(budgets.target_ratio)}
     return self.get_obs(state, params), state, reward, self.is_terminated(state, params), info
-
-  def is_terminated(self, state: EnvState, params: EnvParams) -> jax.Array:
-    return state.time >= params.max_steps_in_episode
-
-  def is_truncated(self, state: EnvState, params: EnvParams) -> jax.Array:
-    """Never: the episode end is a termination, as in the original (no bootstrap)."""
-    del params
-    return jnp.zeros_like(state.time, dtype=bool)
 
   @property
   def num_actions(self) -> int:

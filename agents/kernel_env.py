@@ -54,13 +54,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
-from gymnax.environments import environment
 from gymnax.environments import spaces as gspaces
 
 from hirelc_jax.agents.proxies import AccuracyFn
 from hirelc_jax.agents.proxies import SurrogateSignal  # noqa: F401  (re-exported)
 from hirelc_jax.agents.proxies import surrogate_signal_fn  # noqa: F401  (re-exported)
-from hirelc_jax.agents.spaces import MultiDiscrete
+from hirelc_jax.agents.spaces import FixedLengthEnv, MultiDiscrete
 from hirelc_jax.compression import codes
 
 NUM_BITS_IDX = 15
@@ -269,7 +268,7 @@ def raw_reward(drop, ratio, rewards, count, params: EnvParams) -> jax.Array:
   return jnp.where(jnp.isfinite(r), r, NONFINITE_REWARD)
 
 
-class KernelEnv(environment.Environment):
+class KernelEnv(FixedLengthEnv):
   """The LLA environment for one block of `num_kernels` kernels (static structure only)."""
 
   def __init__(self, num_kernels: int, accuracy_fn: AccuracyFn, *,
@@ -357,14 +356,6 @@ class KernelEnv(environment.Environment):
     info: dict[str, Any] = {"drop": drop, "ratio": ratio, "raw_reward": raw,
                             "accuracy": params.baseline_accuracy - drop}
     return self.get_obs(state, params), state, reward, self.is_terminated(state, params), info
-
-  def is_terminated(self, state: EnvState, params: EnvParams) -> jax.Array:
-    return state.time >= params.max_steps_in_episode
-
-  def is_truncated(self, state: EnvState, params: EnvParams) -> jax.Array:
-    """Never: the episode end is a termination, as in the original (no bootstrap)."""
-    del params
-    return jnp.zeros_like(state.time, dtype=bool)
 
   @property
   def num_actions(self) -> int:

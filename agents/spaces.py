@@ -12,7 +12,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from gymnax.environments import spaces
+from gymnax.environments import environment, spaces
 
 
 class MultiDiscrete(spaces.Space):
@@ -82,3 +82,19 @@ class MultiDiscrete(spaces.Space):
     integral = jnp.all(x == jnp.floor(x)) if jnp.issubdtype(x.dtype, jnp.floating) else True
     in_range = jnp.all((x >= 0) & (x < jnp.asarray(self.nvec)))
     return jnp.logical_and(integral, in_range)
+
+
+class FixedLengthEnv(environment.Environment):
+  """A gymnax Environment whose episodes end after `params.max_steps_in_episode` steps.
+
+  The end is a termination, never a truncation (as in the original HiReLC), so
+  learners do not bootstrap past it. Subclasses keep the step count in
+  `state.time`.
+  """
+
+  def is_terminated(self, state, params) -> jax.Array:
+    return state.time >= params.max_steps_in_episode
+
+  def is_truncated(self, state, params) -> jax.Array:
+    del params
+    return jnp.zeros_like(state.time, dtype=bool)

@@ -148,14 +148,22 @@ class EnsembleTrainer:
     return Ensemble(runners, jnp.full(lead, 1.0 / lead[-1], jnp.float32))
 
   def train(self, ens: Ensemble, params, *, first: bool) -> tuple[Ensemble, dict]:
-    """Runs one cycle's updates for every group; returns the mean reward per group."""
+    """Runs one cycle's updates for every group; returns the mean reward per group.
+
+    The vote weights then follow each member's realised reward in its last
+    update (Hedge with a 10% fixed share, so no member is silenced for good).
+    """
     runners, metrics = {}, {}
+    rewards = jnp.zeros(ens.weights.shape, jnp.float32)
     for algo, idx in self.groups.items():
       runner, sub = ens.runners[algo], self._members(params, idx)
       for _ in range(self.first_repeats if first else 1):
         runner, m = self._update[algo](runner, sub)
       runners[algo], metrics[algo] = runner, float(jnp.nanmean(m["reward"]))
-    return ens.replace(runners=runners), metrics
+      rewards = rewards.at[..., idx].set(m["reward"][..., -1])
+    update = functools.partial(ensemble.update_member_weights, temperature=1.0, share=0.1)
+    weights = (jax.vmap(update) if self.nested else update)(ens.weights, rewards)
+    return ens.replace(runners=runners, weights=weights), metrics
 
   def greedy_actions(self, ens: Ensemble, params) -> jax.Array:
     """Each member's deterministic action at a reset observation: int32 [..., M, D]."""
