@@ -84,10 +84,15 @@ def section_runs(rows):
   yield "`python -m hirelc_jax.run ...`; numbers from each run's report.json, copied by `benchmarks/record_run.py`.\n"
   yield ("| command | baseline test % | final test % | drop pt | compression (honest) | paper metric | wall s | phases s | machine |\n"
          "|---|---|---|---|---|---|---|---|---|")
+  notes = []
   for r in rows:
     phases = ", ".join(f"{k} {v:.0f}" for k, v in r["phase_times_s"].items())
+    if r.get("note"):
+      notes.append(f"- `{r['command']}`: {r['note']}")
     yield (f"| `{r['command']}` | {r['baseline_accuracy']:.2f} | {r['final_accuracy']:.2f} | {r['accuracy_drop']:.2f} | "
            f"{r['compression_ratio']:.2f}x | {r['paper_compression_ratio']:.2f}x | {r['wall_time_s']:.0f} | {phases} | {machine(r)} |")
+  yield ""
+  yield from notes
   yield ""
 
 
