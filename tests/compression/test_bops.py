@@ -1,7 +1,5 @@
 """Bit operations per forward pass, with kernel uses counted by tracing a real model."""
 
-import jax
-import numpy as np
 import pytest
 
 from hirelc_jax.compression import accounting

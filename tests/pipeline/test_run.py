@@ -2,13 +2,11 @@
 
 import json
 import os
-import pathlib
 import signal
 import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 from hirelc_jax import run as cli
