@@ -28,6 +28,41 @@ MASKED_LOGIT = -1e9
 _ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu}
 
 
+def orthogonal(scale: float = 1.0):
+  """Orthogonal kernel initialiser that is safe to `vmap` on every backend.
+
+  Same distribution (and, up to rounding, the same values for the same key) as
+  `nn.initializers.orthogonal`: the Q factor of a Gaussian matrix with R's
+  diagonal made positive. Q comes from classical Gram-Schmidt applied twice
+  per column in a `fori_loop` of matrix-vector products instead of LAPACK's
+  QR: a batched QR under `vmap` (learners of every block and member are
+  initialised at once) can deadlock XLA:CPU's small thread pool.
+
+  Args:
+    scale: gain multiplied into the orthogonal matrix.
+
+  Returns:
+    `init(key, shape, dtype)` for 2-D `[fan_in, fan_out]` kernels.
+  """
+  def init(key, shape, dtype=jnp.float32):
+    if len(shape) != 2:
+      raise ValueError(f"orthogonal init expects a 2-D kernel shape, got {shape}")
+    n_rows, n_cols = shape
+    tall = (max(n_rows, n_cols), min(n_rows, n_cols))
+    a = jax.random.normal(key, tall, jnp.float32)
+
+    def column(j, q):
+      v = a[:, j]
+      for _ in range(2):              # "twice is enough" re-orthogonalisation
+        v = v - q @ (q.T @ v)         # columns >= j of q are still zero
+      return q.at[:, j].set(v / jnp.linalg.norm(v))
+
+    q = jax.lax.fori_loop(0, tall[1], column, jnp.zeros(tall, jnp.float32))
+    q = q if n_rows >= n_cols else q.T
+    return (scale * q).astype(dtype)
+  return init
+
+
 def choice_mask(nvec: Sequence[int]) -> np.ndarray:
   """Valid-choice mask for a padded multi-discrete head.
 
@@ -70,7 +105,7 @@ class MLP(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     act = _ACTIVATIONS[self.activation]
     for width in self.features:
-      x = act(nn.Dense(width, kernel_init=nn.initializers.orthogonal(self.gain),
+      x = act(nn.Dense(width, kernel_init=orthogonal(self.gain),
                        bias_init=nn.initializers.zeros)(x))
     return x
 
@@ -103,10 +138,10 @@ class ActorCritic(nn.Module):
     n_dims, max_choices = len(self.nvec), max(self.nvec)
     obs = obs.astype(jnp.float32)
     pi = MLP(tuple(self.actor_hidden), self.activation, name="actor")(obs)
-    logits = nn.Dense(n_dims * max_choices, kernel_init=nn.initializers.orthogonal(0.01),
+    logits = nn.Dense(n_dims * max_choices, kernel_init=orthogonal(0.01),
                       bias_init=nn.initializers.zeros, name="logits")(pi)
     logits = mask_logits(logits.reshape(*logits.shape[:-1], n_dims, max_choices), self.nvec)
     vf = MLP(tuple(self.critic_hidden), self.activation, name="critic")(obs)
-    value = nn.Dense(1, kernel_init=nn.initializers.orthogonal(1.0),
+    value = nn.Dense(1, kernel_init=orthogonal(1.0),
                      bias_init=nn.initializers.zeros, name="value")(vf)
     return multi_categorical(logits), value[..., 0]

@@ -96,35 +96,11 @@ class EnsembleTrainer:
       obs, _ = env_.reset(runner.key, env_params)
       return ppo.act(network, runner.train_state.params, obs, runner.key, deterministic=True)
 
-    self._init = {a: jax.jit(functools.partial(self._map_init, self.learners[a].init))
+    self._init = {a: jax.jit(lambda k, p, a=a: batched(self.learners[a].init)(p)(k, p))
                   for a in self.groups}
     self._update = {a: jax.jit(lambda r, p, a=a: batched(self.learners[a].update)(p)(r, p))
                     for a in self.groups}
     self._greedy = jax.jit(lambda r, p: batched(greedy)(p)(r, p))
-
-  def _map_init(self, init_fn, keys, params):
-    """`init_fn(key, env_params)` for every learner, one after another (`lax.map`).
-
-    Not `vmap`: batched, the networks' orthogonal initialisers become batched
-    QR factorisations, which deadlocked XLA:CPU's 2-thread pool on the
-    reference machine (LAPACK chunks waiting on busy threads).
-    """
-    axes, lead = self.in_axes_fn(params), keys.shape
-    is_none = lambda x: x is None
-
-    def flatten(axis, sub):
-      return sub if axis is None else jax.tree.map(
-          lambda x: x.reshape((-1,) + x.shape[len(lead):]), sub)
-
-    flat = jax.tree.map(flatten, axes, params, is_leaf=is_none)
-    flat_keys = keys.reshape(-1)
-
-    def one(i):
-      pick = lambda axis, sub: sub if axis is None else jax.tree.map(lambda x: x[i], sub)
-      return init_fn(flat_keys[i], jax.tree.map(pick, axes, flat, is_leaf=is_none))
-
-    out = jax.lax.map(one, jnp.arange(flat_keys.shape[0]))
-    return jax.tree.map(lambda x: x.reshape(lead + x.shape[1:]), out)
 
   def _members(self, params, idx):
     """The env params of members `idx` (fields shared across the batch stay whole)."""

@@ -6,11 +6,6 @@ known; a uniform policy starts with probability 1/60 on it. Two env settings
 (different best-action tables) are trained side by side with `vmap`.
 """
 
-import pytest
-
-pytestmark = pytest.mark.skip(reason="vmapped learner init batches the orthogonal init's QR, which "
-                              "intermittently deadlocks XLA:CPU's 2-thread pool; fix the initialiser first")
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -29,7 +24,7 @@ OBS = jnp.eye(2)                                             # one observation p
 TABLES = jnp.array([[[3, 1, 2], [4, 2, 3]],
                     [[0, 2, 1], [1, 0, 0]]], jnp.int32)      # [settings, contexts, dims]
 SETTINGS = EnvParams(best_action=TABLES, max_steps_in_episode=jnp.ones((2,), jnp.int32))
-NUM_UPDATES = 40
+NUM_UPDATES = 60
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -85,8 +80,9 @@ def test_ppo_ensemble_learns_each_settings_optimum(ppo_ensemble):
 
 def test_train_traces_once_and_seeds_differ(ppo_ensemble):
   (r0, _), (r1, _) = ppo_ensemble
-  p, _ = _p_optimum(PPO, r1.train_state.params, 2)
-  assert bool(jnp.all(p >= 0.9)), p
+  p, mode = _p_optimum(PPO, r1.train_state.params, 2)
+  np.testing.assert_array_equal(mode, jnp.broadcast_to(TABLES[:, None], (2, 3, 2, 3)))
+  assert float(p.mean()) >= 0.95 and float(p.min()) >= 0.8, p      # other seeds: slower members
   w0 = r0.train_state.params["params"]["logits"]["kernel"]
   w1 = r1.train_state.params["params"]["logits"]["kernel"]
   assert not np.allclose(w0, w1)

@@ -1,11 +1,13 @@
 """ActorCritic: separate towers, SB3 orthogonal init, masked multi-categorical head."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from hirelc_jax.agents import ActorCritic, MultiDiscrete
+from hirelc_jax.agents.networks import orthogonal
 
 NVEC = (5, 3, 4)
 OBS_DIM = 64   # square hidden kernels make the orthogonality check exact
@@ -53,6 +55,22 @@ def test_separate_towers_and_sb3_orthogonal_gains(net_params):
   np.testing.assert_allclose(wl.T @ wl, 1e-4 * np.eye(15), atol=1e-8)  # gain 0.01
   wv = p["value"]["kernel"]                                          # [64, 1]
   np.testing.assert_allclose(wv.T @ wv, [[1.0]], rtol=1e-5)            # gain 1
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (64, 15), (8, 64), (64, 1)])
+def test_orthogonal_init_matches_flax_qr_init(shape):
+  key = jax.random.key(7)
+  np.testing.assert_allclose(orthogonal(1.5)(key, shape),
+                             nn.initializers.orthogonal(1.5)(key, shape), atol=2e-6)
+
+
+def test_orthogonal_init_under_vmap_gives_independent_orthogonal_kernels():
+  keys = jax.random.split(jax.random.key(0), 36)                      # 12 blocks x 3 members
+  w = jax.jit(jax.vmap(lambda k: orthogonal()(k, (64, 64))))(keys)    # [36, 64, 64]
+  np.testing.assert_allclose(np.einsum("bij,bik->bjk", w, w), np.broadcast_to(np.eye(64), w.shape),
+                             atol=1e-5)
+  np.testing.assert_allclose(w[5], orthogonal()(keys[5], (64, 64)), atol=1e-6)
+  assert float(jnp.abs(w[0] - w[1]).max()) > 0.1
 
 
 def test_configurable_widths():
