@@ -17,6 +17,9 @@ from typing import Any, Mapping, Optional
 from hirelc_jax.compression import codes
 
 
+SIGNALS = ("error_table", "surrogate", "proxy")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
   name: str = "vit_tiny"
@@ -59,6 +62,7 @@ class AgentConfig:
   updates_first: int = 8                         # PPO/A2C updates in cycle 1
   updates_per_cycle: int = 4                     # ... in each later cycle
   ent_coef: float = 0.01
+  discount: float = 0.99                         # PPO/A2C gamma (not the reward's gamma)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -68,7 +72,8 @@ class SearchConfig:
   sensitivity_samples: int = 64
   warmup_samples: int = 32           # random plans evaluated for real before the cycles
   eval_samples: int = 2000           # validation examples for warm-up and candidate scoring
-  signal: str = "surrogate"          # LLA accuracy signal: surrogate | proxy
+  signal: str = "error_table"        # LLA accuracy signal: error_table | surrogate | proxy
+  high_level: bool = True            # False: no HLA, every block gets the goal's budget
   surrogate_epochs: int = 200
   surrogate_hidden: tuple[int, ...] = (64, 32)
 
@@ -78,7 +83,7 @@ class TrainingConfig:
   """Baseline and QAT fine-tune schedules (see hirelc_jax.training.loop.TrainConfig)."""
   baseline_epochs: Optional[float] = None   # None: the model's default schedule
   baseline_lr: Optional[float] = None
-  finetune_epochs: float = 1.0
+  finetune_epochs: float = 0.5
   finetune_lr: float = 2e-4
   finetune_patience: int = 2
   batch_size: int = 128
@@ -91,7 +96,7 @@ class Config:
   goal: GoalConfig = GoalConfig()
   hla: AgentConfig = AgentConfig(betas=(1.0, 2.0, 0.5), alpha=0.0, updates_first=16,
                                  updates_per_cycle=8, n_steps=32, n_envs=2)
-  lla: AgentConfig = AgentConfig()
+  lla: AgentConfig = AgentConfig(n_envs=4, updates_first=64, updates_per_cycle=32, discount=0.0)
   search: SearchConfig = SearchConfig()
   training: TrainingConfig = TrainingConfig()
   seed: int = 0
@@ -120,8 +125,8 @@ class Config:
                          f"{len(agent.algorithms)} members; give one per member")
     if self.search.cycles < 1:
       raise ValueError(f"search.cycles={self.search.cycles} must be at least 1")
-    if self.search.signal not in ("surrogate", "proxy"):
-      raise ValueError(f"search.signal={self.search.signal!r}; use surrogate or proxy")
+    if self.search.signal not in SIGNALS:
+      raise ValueError(f"search.signal={self.search.signal!r}; use one of {', '.join(SIGNALS)}")
     return self
 
 

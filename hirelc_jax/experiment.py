@@ -8,7 +8,6 @@ ends with the same plan and accuracies as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import pathlib
 import time
@@ -17,21 +16,21 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from hirelc_jax import run_state, search
-from hirelc_jax.agents import budget_env, kernel_env, proxies
+from hirelc_jax.agents import budget_env, error_table, kernel_env, proxies
 from hirelc_jax.agents.sensitivity import estimate_sensitivity
 from hirelc_jax.agents.surrogate import SurrogateConfig, encode_plan, make_surrogate, num_features
 from hirelc_jax.compression import accounting
 from hirelc_jax.compression.plan import CompressionPlan, stack_plans
 from hirelc_jax.config import Config
-from hirelc_jax.data import load_dataset
-from hirelc_jax.data.pipeline import AUGMENT_DEFAULTS, augment
-from hirelc_jax.models import build_model, init_params, kernel_map
-from hirelc_jax.training import baseline, checkpoint, loop, qat
+from hirelc_jax.evaluation import (UNIFORM_BASELINES, Setup, _loss_fn, accuracy,  # noqa: F401
+                                   finetune, load_user_checkpoint, make_error_table,
+                                   plan_accuracies, plan_metrics, prepare, uniform_plans)
+from hirelc_jax.training import baseline
 
 RECOVERY_PRIOR = 0.3  # post-fine-tune drop / pre-fine-tune drop before any cycle is measured
+DEFAULT_POINTS_PER_ERROR = 1.0  # error-table calibration until 3 plans with moderate drops exist
 
 
 class EventLog:
@@ -49,105 +48,6 @@ class EventLog:
 
 
 @dataclasses.dataclass
-class Setup:
-  """What every phase needs: data, model, baseline weights and evaluators."""
-  config: Config
-  data: Any
-  spec: Any
-  variables: dict
-  kmap: Any
-  augment: Any
-  evaluate_plans: Any
-  evaluate: Any
-
-
-def _loss_fn(module, model_state):
-  def loss(params, x, y):
-    logits = module.apply({"params": params, **model_state}, x)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-  return loss
-
-
-def prepare(config: Config, *, quiet: bool = False, log=print) -> Setup:
-  """Loads data, builds the model and trains (or loads) the baseline."""
-  data = load_dataset(config.data.name, data_dir=config.data.data_dir,
-                      val_fraction=config.data.val_fraction, seed=config.seed,
-                      limit=config.data.limit)
-  patch = config.model.patch_size or baseline.default_patch_size(config.model.name, data.image_shape)
-  spec = build_model(config.model.name, num_classes=data.num_classes,
-                     image_shape=data.image_shape, patch_size=patch)
-  variables = init_params(spec, jax.random.key(config.seed))
-  aug_cfg = AUGMENT_DEFAULTS.get(data.name)
-  aug = functools.partial(augment, crop_pad=aug_cfg.crop_pad, flip=aug_cfg.flip) \
-      if config.data.augment and aug_cfg else None
-  if config.model.checkpoint:
-    variables = load_user_checkpoint(config.model.checkpoint, spec, variables)
-  else:
-    schedule = baseline.default_schedule(config.model.name)
-    t = config.training
-    schedule = dataclasses.replace(
-        schedule, batch_size=t.batch_size,
-        epochs=t.baseline_epochs if t.baseline_epochs is not None else schedule.epochs,
-        lr=t.baseline_lr if t.baseline_lr is not None else schedule.lr)
-    variables, info = baseline.train_baseline(spec, variables, data, schedule, config.seed,
-                                              augment=aug, quiet=quiet)
-    log(f"baseline {'loaded from cache' if info['cached'] else 'trained'}: "
-        f"val {info['val_accuracy']:.2f}% ({info['path']})")
-  kmap = kernel_map(variables["params"], spec)
-  return Setup(config, data, spec, variables, kmap, aug,
-               qat.make_evaluate_plans(spec.module, kmap),
-               loop.make_evaluate(spec.module, lambda t, _: t))
-
-
-def load_user_checkpoint(path: str, spec, like: dict) -> dict:
-  """A user's orbax checkpoint, or a timm-style ViT file (.safetensors / .npz)."""
-  if path.endswith((".safetensors", ".npz")):
-    from hirelc_jax.models.checkpoint_io import load_timm_vit
-    return {**like, **load_timm_vit(path, spec)}
-  return checkpoint.load_tree(path, like)
-
-
-def accuracy(setup: Setup, variables, x, y) -> float:
-  state = {k: v for k, v in variables.items() if k != "params"}
-  return loop.accuracy(setup.evaluate, variables["params"], state, None, x, y,
-                       loop.TrainConfig().eval_batch_size)
-
-
-def plan_accuracies(setup: Setup, plans: CompressionPlan, batch: int = 8) -> np.ndarray:
-  """Pre-fine-tune accuracy of each plan on the evaluation subset, `batch` plans per call."""
-  n = setup.config.search.eval_samples
-  x, y = setup.data.x_val[:n], setup.data.y_val[:n]
-  count = plans.bits.shape[0]
-  out = []
-  for start in range(0, count, batch):
-    chunk = jax.tree.map(lambda a: a[start:start + batch], plans)
-    pad = batch - chunk.bits.shape[0]
-    if pad:  # keep one shape so nothing recompiles
-      chunk = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, 0)]), chunk)
-    accs = qat.plan_accuracies(setup.evaluate_plans, setup.variables, chunk, x, y, 250)
-    out.extend(accs[:batch - pad])
-  return np.asarray(out)
-
-
-def plan_metrics(setup: Setup, plan: CompressionPlan) -> dict:
-  params = setup.variables["params"]
-  return {"compression_ratio": float(accounting.compression_ratio(params, plan, setup.kmap)),
-          "paper_compression_ratio": float(accounting.paper_compression_ratio(plan, setup.kmap)),
-          "storage_bits": float(accounting.storage_bits(params, plan, setup.kmap))}
-
-
-UNIFORM_BASELINES = (("INT8", 8, "int"), ("INT6", 6, "int"), ("INT4", 4, "int"), ("INT3", 3, "int"),
-                     ("FP8", 8, "float"), ("FP6", 6, "float"), ("FP4", 4, "float"))
-
-
-def uniform_plans(kmap) -> tuple[list[str], CompressionPlan]:
-  from hirelc_jax.compression.plan import uniform_plan
-  gran = "per_channel"
-  plans = [uniform_plan(*kmap.plan_shape, bits=b, fmt=f, gran=gran) for _, b, f in UNIFORM_BASELINES]
-  return [label for label, _, _ in UNIFORM_BASELINES], stack_plans(plans)
-
-
-@dataclasses.dataclass
 class SearchState:
   """Everything the cycles carry; saved after every completed cycle."""
   hla: Any
@@ -162,8 +62,9 @@ class SearchState:
 class Search:
   """The agents, the surrogate and their jitted functions for one Setup."""
 
-  def __init__(self, setup: Setup, sensitivity):
+  def __init__(self, setup: Setup, sensitivity, table: error_table.ErrorTable | None = None):
     self.setup, self.config = setup, setup.config
+    self.table = table
     kmap = setup.kmap
     self.present = jnp.asarray(kmap.present)
     self.block_sensitivity = np.asarray(sensitivity.block)
@@ -173,11 +74,15 @@ class Search:
                                                     epochs=s.surrogate_epochs),
                                     num_features(*kmap.plan_shape))
     self.encode = jax.jit(jax.vmap(lambda p: encode_plan(p, self.present)))
+    self.plan_error = jax.jit(jax.vmap(lambda p: error_table.plan_error(table, p))) \
+        if table is not None else None
     self.hla = search.EnsembleTrainer(budget_env.BudgetEnv(kmap.num_blocks), self.config.hla,
                                       nested=False)
     goal = self.config.goal
     if s.signal == "surrogate":
       inner = proxies.surrogate_signal_fn(self.surrogate.predict, self.present)
+    elif s.signal == "error_table":
+      inner = error_table.error_table_fn()
     else:
       inner = proxies.quant_error_proxy_fn()
     accuracy_fn = lambda sig, *a: sig[1] * inner(sig[0], *a)  # recovered drop
@@ -191,10 +96,25 @@ class Search:
   def signal(self, state: SearchState, baseline_eval: float):
     if self.config.search.signal == "surrogate":
       inner = proxies.SurrogateSignal(state.surrogate, state.plan, jnp.float32(baseline_eval))
+    elif self.config.search.signal == "error_table":
+      inner = self.table.replace(points_per_error=jnp.float32(self.points_per_error(state, baseline_eval)))
     else:
       weights = proxies.stack_block_weights(self.setup.variables["params"], self.setup.kmap)
       inner = proxies.quant_error_signal(weights, self.kernel_sensitivity)
     return (inner, jnp.float32(state.recovery))
+
+  def errors(self, plans: CompressionPlan) -> np.ndarray:
+    """Whole-model Fisher-weighted error E of each plan `[N]` (NaN without a table)."""
+    if self.plan_error is None:
+      return np.full(plans.bits.shape[0], np.nan)
+    return np.asarray(self.plan_error(plans))
+
+  def points_per_error(self, state: SearchState, baseline_eval: float) -> float:
+    """The error table's calibration, refitted on every plan evaluated before fine-tuning."""
+    pre = [e for e in state.evaluated if e["stage"] == "pre_finetune" and e.get("error") is not None]
+    fit = error_table.fit_points_per_error([e["error"] for e in pre],
+                                           [baseline_eval - e["accuracy"] for e in pre])
+    return fit if fit is not None else DEFAULT_POINTS_PER_ERROR
 
 
 def summarize(plan: CompressionPlan, kmap) -> dict:
@@ -220,9 +140,13 @@ def run_cycle(search_: Search, state: SearchState, cycle: int, base: dict, key,
       last_acc_drop=last["accuracy_drop_val"] if last else 0.0,
       last_ratio=1.0 / last["compression_ratio"] if last else None,
       progress=cycle / config.search.cycles)
-  hla = state.hla if state.hla is not None else search_.hla.init(jax.random.fold_in(key, 1), hla_params)
-  hla, hla_reward = search_.hla.train(hla, hla_params, first=state.hla is None)
-  budgets, _ = search.decide_budgets(search_.hla, hla, hla_params, config)
+  if config.search.high_level:
+    hla = state.hla if state.hla is not None else search_.hla.init(jax.random.fold_in(key, 1), hla_params)
+    hla, hla_reward = search_.hla.train(hla, hla_params, first=state.hla is None)
+    budgets, _ = search.decide_budgets(search_.hla, hla, hla_params, config)
+  else:
+    hla, hla_reward = None, None
+    budgets = search.goal_budgets(config, setup.kmap.num_blocks)
   times["hla_s"] = time.perf_counter() - t0
 
   t0 = time.perf_counter()
@@ -243,12 +167,7 @@ def run_cycle(search_: Search, state: SearchState, cycle: int, base: dict, key,
   times["eval_s"] = time.perf_counter() - t0
 
   t0 = time.perf_counter()
-  t = config.training
-  ft = loop.TrainConfig(epochs=t.finetune_epochs, batch_size=t.batch_size, lr=t.finetune_lr,
-                        patience=t.finetune_patience, warmup_frac=0.0)
-  tuned, result = qat.finetune(setup.spec.module, setup.variables, plan, setup.kmap, setup.data,
-                               ft, jax.random.fold_in(key, 3), augment=setup.augment,
-                               desc=f"cycle {cycle + 1} fine-tune", quiet=quiet)
+  tuned, result = finetune(setup, plan, jax.random.fold_in(key, 3), f"cycle {cycle + 1} fine-tune", quiet)
   val_acc = result.best_val_accuracy
   times["finetune_s"] = time.perf_counter() - t0
 
@@ -276,9 +195,10 @@ def run_cycle(search_: Search, state: SearchState, cycle: int, base: dict, key,
   log("cycle", **record, message=(
       f"cycle {cycle + 1}: val {val_acc:.2f}% (pre-fine-tune {pre_acc:.2f}%), "
       f"compression {record['compression_ratio']:.2f}x honest / {record['paper_compression_ratio']:.2f}x paper"))
+  error = float(search_.errors(stack_plans([plan]))[0])
   evaluated = state.evaluated + [
       {"kind": "cycle", "label": f"C{cycle + 1}", "compression_ratio": record["compression_ratio"],
-       "accuracy": pre_acc, "stage": "pre_finetune"},
+       "accuracy": pre_acc, "stage": "pre_finetune", "error": None if np.isnan(error) else error},
       {"kind": "cycle", "label": f"C{cycle + 1}", "compression_ratio": record["compression_ratio"],
        "accuracy": val_acc, "stage": "finetuned"}]
   new = SearchState(hla, lla, sur, plan, state.records + [record], evaluated, recovery)
@@ -297,25 +217,28 @@ def warmup(search_: Search, key, log: EventLog, quiet: bool):
   """Random plans evaluated for real (batched, pre-fine-tune), then the first surrogate fit."""
   setup, config = search_.setup, search_.config
   count = config.search.warmup_samples
+  params = setup.variables["params"]
   plans = search.random_plans(key, count, setup.kmap, config)
-  accs = plan_accuracies(setup, plans)
+  accs = plan_accuracies(setup, plans, desc="warm-up plans", quiet=quiet)
   sur = search_.surrogate.init(jax.random.fold_in(key, 1))
   if count:
     sur = search_.surrogate.add(sur, search_.encode(plans), jnp.asarray(accs))
     sur, _ = search_.surrogate.fit(sur, jax.random.fold_in(key, 2))
-  params = setup.variables["params"]
-  ratios = np.asarray(jax.vmap(lambda p: accounting.compression_ratio(params, p, setup.kmap))(plans)) \
-      if count else np.zeros(0)
-  evaluated = [{"kind": "warmup", "label": "", "compression_ratio": float(r), "accuracy": float(a),
-                "stage": "pre_finetune"} for r, a in zip(ratios, accs)]
   labels, uniform = uniform_plans(setup.kmap)
   uacc = plan_accuracies(setup, uniform)
-  uratio = np.asarray(jax.vmap(lambda p: accounting.compression_ratio(params, p, setup.kmap))(uniform))
-  evaluated += [{"kind": "uniform", "label": l, "compression_ratio": float(r), "accuracy": float(a),
-                 "stage": "pre_finetune"} for l, r, a in zip(labels, uratio, uacc)]
+  evaluated = []
+  for kind, names, batch, batch_accs in (("warmup", [""] * count, plans, accs),
+                                         ("uniform", labels, uniform, uacc)):
+    if not len(names):
+      continue
+    ratios = np.asarray(jax.vmap(lambda p: accounting.compression_ratio(params, p, setup.kmap))(batch))
+    errors = search_.errors(batch)
+    evaluated += [{"kind": kind, "label": l, "compression_ratio": float(r), "accuracy": float(a),
+                   "stage": "pre_finetune", "error": None if np.isnan(e) else float(e)}
+                  for l, r, a, e in zip(names, ratios, batch_accs, errors)]
   holdout = float(sur.holdout_mae)
   log("warmup", samples=count, holdout_mae=holdout, message=(
-      f"surrogate warm-up: {count} random plans evaluated, hold-out MAE {holdout:.2f} points"))
+      f"warm-up: {count} random plans (half near uniform) evaluated, surrogate hold-out MAE {holdout:.2f} points"))
   return sur, evaluated
 
 
@@ -369,7 +292,10 @@ def run(config: Config, out_dir: pathlib.Path, *, resume: bool = False, quiet: b
       message=f"sensitivity ({config.search.sensitivity}): "
               + " ".join(f"{s:.2f}" for s in np.asarray(sens.block)))
 
-  search_ = Search(setup, sens)
+  t = time.perf_counter()
+  table = make_error_table(setup)
+  phases["error_table"] = time.perf_counter() - t
+  search_ = Search(setup, sens, table)
   t = time.perf_counter()
   surrogate_state, evaluated = warmup(search_, jax.random.fold_in(key, 20), log, quiet)
   phases["warmup"] = time.perf_counter() - t

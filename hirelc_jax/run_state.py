@@ -58,7 +58,8 @@ def resume_state(search_, state, path: pathlib.Path, key, base: dict):
           search_.hla.member(hla_params)),
       setup.kmap, search_.kernel_sensitivity, search_.signal(state, base["eval"]),
       baseline_accuracy=base["eval"], surrogate_ready=False)
-  like = {"hla": search_.hla.init(key, hla_params), "lla": search_.lla.init(key, lla_params),
+  hla = search_.hla.init(key, hla_params) if config.search.high_level else None
+  like = {"hla": hla, "lla": search_.lla.init(key, lla_params),
           "surrogate": state.surrogate, "plan": state.plan, "tuned": setup.variables}
   restored, tuned, cycle = load_state(path, like, type(state))
   return restored, tuned, cycle

@@ -33,10 +33,11 @@ def learner_config(agent: AgentConfig, algorithm: str) -> ppo.LearnerConfig:
   """SB3-style settings for one member of an ensemble."""
   if algorithm == "a2c":
     return ppo.sb3_a2c(lr=2 * agent.lr, n_steps=agent.n_steps, n_envs=agent.n_envs,
-                       ent_coef=agent.ent_coef)
+                       ent_coef=agent.ent_coef, gamma=agent.discount)
   batch = agent.n_steps * agent.n_envs
   return ppo.sb3_ppo(lr=agent.lr, n_steps=agent.n_steps, n_envs=agent.n_envs,
-                     minibatch_size=min(32, batch), ent_coef=agent.ent_coef)
+                     minibatch_size=min(32, batch), ent_coef=agent.ent_coef,
+                     gamma=agent.discount)
 
 
 def groups(algorithms) -> dict[str, np.ndarray]:
@@ -197,6 +198,16 @@ def decide_budgets(trainer: EnsembleTrainer, ens: Ensemble, params, config: Conf
   return budgets.replace(target_ratio=budgets.target_ratio * scale), actions
 
 
+def goal_budgets(config: Config, num_blocks: int) -> budget_env.Budgets:
+  """The budget without a high-level agent: the goal itself for every block."""
+  goal, full = config.goal, lambda v, dt: jnp.full((num_blocks,), v, dt)
+  return budget_env.Budgets(
+      target_ratio=full(goal_fraction(config), jnp.float32), min_bits=full(goal.min_bits, jnp.int32),
+      max_prune=full(goal.max_prune, jnp.float32),
+      max_acc_drop=full(goal.target_accuracy_drop, jnp.float32),
+      priority=full(0.5, jnp.float32), strategy=full(budget_env.STRATEGIES.index("auto"), jnp.int32))
+
+
 def kernel_sizes(kmap: KernelMap) -> tuple[np.ndarray, np.ndarray]:
   """Weights and output neurons per plan slot, [B, K] (0 where a slot is empty)."""
   size = np.zeros(kmap.plan_shape, np.float32)
@@ -240,14 +251,30 @@ def decide_plan(trainer: EnsembleTrainer, ens: Ensemble, params) -> tuple[Compre
 
 
 def random_plans(key, count: int, kmap: KernelMap, config: Config) -> CompressionPlan:
-  """Random plans inside the goal's limits, for the surrogate warm-up: [count, B, K]."""
+  """Plans inside the goal's limits for the warm-up: [count, B, K].
+
+  The first half is uniform over the whole action space (most of it collapses
+  the model); the second half lies near uniform plans, where good plans are:
+  a common bit width per plan with per-kernel jitter of one bit, mostly
+  per-channel granularity, and light pruning on some kernels. Both halves
+  teach the surrogate and calibrate the error table.
+  """
   goal = config.goal
   shape = (count,) + kmap.plan_shape
-  kb, kk, kf, kg = jax.random.split(key, 4)
+  kb, kk, kf, kg, kn = jax.random.split(key, 5)
   bits = jax.random.randint(kb, shape, goal.min_bits, goal.max_bits + 1)
   keep = jax.random.uniform(kk, shape, minval=1.0 - goal.max_prune, maxval=1.0)
   fmt = jax.random.randint(kf, shape, 0, 2)
   gran = jax.random.randint(kg, shape, 0, 4)
+  near = jnp.arange(count)[:, None, None] >= count // 2
+  k1, k2, k3, k4, k5 = jax.random.split(kn, 5)
+  level = jax.random.randint(k1, (count, 1, 1), goal.min_bits, goal.max_bits + 1)
+  near_bits = jnp.clip(level + jax.random.randint(k2, shape, -1, 2), goal.min_bits, goal.max_bits)
+  near_gran = jnp.where(jax.random.uniform(k3, shape) < 0.75, codes.PER_CHANNEL, gran)
+  light = 1.0 - jax.random.uniform(k4, shape, maxval=goal.max_prune / 2)
+  near_keep = jnp.where(jax.random.uniform(k5, shape) < 0.7, 1.0, light)
+  bits, gran = jnp.where(near, near_bits, bits), jnp.where(near, near_gran, gran)
+  keep = jnp.where(near, near_keep, keep)
   if goal.quantization_type != "mixed":
     fmt = jnp.full(shape, codes.INT if goal.quantization_type == "int" else codes.FLOAT)
   if goal.strategy is not None:

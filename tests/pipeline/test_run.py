@@ -74,6 +74,17 @@ def test_same_seed_gives_the_same_result(first_run, tmp_path):
   assert [c["val_accuracy"] for c in again["cycles"]] == [c["val_accuracy"] for c in report["cycles"]]
 
 
+def test_ablations_without_high_level_agent_and_with_the_surrogate_signal(cache, tmp_path):
+  """The benchmark's ablations run end to end: no HLA (goal budgets), surrogate as the LLA signal."""
+  argv = SMOKE + ["--output-dir", str(tmp_path), "--set", "search.high_level=false",
+                  "--set", "search.signal=surrogate", "--cycles", "1"]
+  assert cli.main(argv) == 0
+  report = json.loads((tmp_path / "vit_mu-digits-s0" / "report.json").read_text())
+  cycle = report["cycles"][0]
+  assert cycle["budget_min_bits"] == [2, 2] and cycle["budget_max_prune"] == pytest.approx([0.8, 0.8])
+  assert report["compression_ratio"] > 1.0
+
+
 def test_interrupted_run_resumes_to_the_same_result(first_run, cache, tmp_path):
   """SIGINT after the first cycle: a clean exit (130), then --resume ends like an uninterrupted run."""
   _, report = first_run

@@ -1,0 +1,220 @@
+"""Quality: HiReLC against uniform, random and greedy baselines at equal budgets.
+
+Usage:
+  python benchmarks/bench_quality.py --model vit_tiny --seeds 0 1 2 [--methods ...]
+
+Every method starts from one baseline (trained with seed 0, cached); the seed
+drives the search and the fine-tuning order. Budgets are equal: the searches
+(HiReLC and its ablations, random, greedy) get the same number of real
+pre-fine-tune evaluations (warm-up samples + 7 uniform plans + one per cycle)
+and the same number of QAT fine-tunes (one per cycle, the config's schedule);
+a uniform plan gets one fine-tune. The chosen plan is the most compressed
+fine-tuned one within the accuracy target on validation (else the most
+accurate); its test accuracy is reported.
+
+Results accumulate in benchmarks/results/quality_<model>.json (rerunning skips
+finished method/seed pairs), with a markdown table and a Pareto plot beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import sys
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+from hirelc_jax import config as config_io  # noqa: E402
+from hirelc_jax import experiment, search  # noqa: E402
+from hirelc_jax.agents import error_table  # noqa: E402
+from hirelc_jax.compression import codes  # noqa: E402
+from hirelc_jax.compression.plan import stack_plans, uniform_plan  # noqa: E402
+
+SEARCHES = {"hirelc": {}, "hirelc_surrogate": {"search.signal": "surrogate"},
+            "lla_only": {"search.high_level": "false"}}
+METHODS = ("hirelc", "uniform_INT3", "uniform_INT4", "greedy", "random", "lla_only",
+           "hirelc_surrogate") + tuple(f"uniform_{label}" for label, _, _ in experiment.UNIFORM_BASELINES
+                                       if label not in ("INT3", "INT4"))
+
+
+def greedy_path(table: error_table.ErrorTable, kmap, min_bits: int) -> list:
+  """HAWQ-style path: from per-channel INT8, repeatedly lower the bits of the slot
+  whose next step costs the least Fisher-weighted error per bit saved."""
+  quant = np.asarray(table.quant)[..., codes.INT, codes.PER_CHANNEL]          # [B, K, 7]
+  size, _ = search.kernel_sizes(kmap)
+  present = np.asarray(kmap.present)
+  bits = np.full(present.shape, 8)
+  path = [bits.copy()]
+  while True:
+    lower = (bits > min_bits) & present
+    if not lower.any():
+      return path
+    idx = bits - codes.MIN_BITS
+    cost = (np.take_along_axis(quant, np.clip(idx - 1, 0, None)[..., None], -1)[..., 0]
+            - np.take_along_axis(quant, idx[..., None], -1)[..., 0]) / np.maximum(size, 1)
+    cost = np.where(lower, cost, np.inf)
+    b, k = np.unravel_index(np.argmin(cost), cost.shape)
+    bits[b, k] -= 1
+    path.append(bits.copy())
+
+
+def as_plans(bits_list, kmap):
+  shape = kmap.plan_shape
+  base = uniform_plan(*shape, bits=8, fmt="int", gran="per_channel")
+  return stack_plans([base.replace(bits=np.asarray(b, np.int32)) for b in bits_list])
+
+
+def finetune_candidates(setup, plans, accs, base, seed, count):
+  """Fine-tunes `count` candidates (most compressed within the recovered target, then most
+  accurate) and returns the chosen one's metrics."""
+  config = setup.config
+  ratios = [experiment.plan_metrics(setup, jax.tree.map(lambda a: a[i], plans))["compression_ratio"]
+            for i in range(len(accs))]
+  limit = config.goal.target_accuracy_drop / experiment.RECOVERY_PRIOR
+  ok = sorted((i for i in range(len(accs)) if base["eval"] - accs[i] <= limit), key=lambda i: -ratios[i])
+  rest = sorted((i for i in range(len(accs)) if i not in ok), key=lambda i: -accs[i])
+  chosen = (ok + rest)[:count]
+  records, tuned_all = [], []
+  for j, i in enumerate(chosen):
+    plan = jax.tree.map(lambda a: a[i], plans)
+    tuned, result = experiment.finetune(setup, plan, jax.random.fold_in(jax.random.key(seed), j),
+                                        quiet=True)
+    records.append({"val_accuracy": result.best_val_accuracy, "compression_ratio": ratios[i],
+                    "plan": plan})
+    tuned_all.append(tuned)
+  best = experiment.select_best(records, base["val"], config.goal.target_accuracy_drop)
+  return records[best], tuned_all[best]
+
+
+def run_method(method, setup, table, base, seed, cfg):
+  """One method, one seed: a result row."""
+  t0 = time.perf_counter()
+  c = cfg.search
+  evals = c.warmup_samples + len(experiment.UNIFORM_BASELINES) + c.cycles
+  if method in SEARCHES:
+    config = config_io.override(cfg, {"seed": str(seed), **SEARCHES[method]})
+    with tempfile.TemporaryDirectory() as out:
+      report = experiment.run(config, pathlib.Path(out) / "run", quiet=True, echo=None,
+                              setup=dataclasses.replace(setup, config=config))
+    return {"test_accuracy": report["final_accuracy"], "val_accuracy": report["final_val_accuracy"],
+            "compression_ratio": report["compression_ratio"],
+            "paper_compression_ratio": report["paper_compression_ratio"],
+            "wall_s": time.perf_counter() - t0, "real_evals": evals, "finetunes": c.cycles}
+  if method.startswith("uniform_"):
+    label = method[len("uniform_"):]
+    _, bits, fmt = next(u for u in experiment.UNIFORM_BASELINES if u[0] == label)
+    plan = uniform_plan(*setup.kmap.plan_shape, bits=bits, fmt=fmt, gran="per_channel")
+    tuned, result = experiment.finetune(setup, plan, jax.random.key(seed), quiet=True)
+    best, evals, fts = {"val_accuracy": result.best_val_accuracy, "plan": plan}, 0, 1
+  else:
+    key = jax.random.fold_in(jax.random.key(seed), 7)
+    if method == "random":
+      plans = search.random_plans(key, evals, setup.kmap, cfg)
+    else:
+      path = greedy_path(table, setup.kmap, cfg.goal.min_bits)
+      pick = np.linspace(0, len(path) - 1, evals).round().astype(int)
+      plans = as_plans([path[i] for i in pick], setup.kmap)
+    accs = experiment.plan_accuracies(setup, plans)
+    best, tuned = finetune_candidates(setup, plans, accs, base, seed, c.cycles)
+    fts = c.cycles
+  test = experiment.accuracy(setup, tuned, setup.data.x_test, setup.data.y_test)
+  m = experiment.plan_metrics(setup, best["plan"])
+  return {"test_accuracy": test, "val_accuracy": best["val_accuracy"],
+          "compression_ratio": m["compression_ratio"],
+          "paper_compression_ratio": m["paper_compression_ratio"],
+          "wall_s": time.perf_counter() - t0, "real_evals": evals, "finetunes": fts}
+
+
+def summarize(rows, base_test) -> list[dict]:
+  out = []
+  for method in METHODS:
+    mine = [r for r in rows if r["method"] == method]
+    if not mine:
+      continue
+    col = lambda k: np.array([r[k] for r in mine], np.float64)
+    drop = base_test - col("test_accuracy")
+    out.append({"method": method, "seeds": len(mine), "drop_mean": drop.mean(), "drop_std": drop.std(),
+                "ratio_mean": col("compression_ratio").mean(), "ratio_std": col("compression_ratio").std(),
+                "paper_ratio_mean": col("paper_compression_ratio").mean(),
+                "wall_s_mean": col("wall_s").mean()})
+  return out
+
+
+def markdown(summary, base_test, machine) -> str:
+  lines = [f"Baseline test accuracy {base_test:.2f}%. Machine: {machine['cpu']} ({machine['cores']} cores, "
+           f"{machine['backend']}).", "",
+           "| method | seeds | test drop (pts) | honest compression | paper metric | wall (s) |",
+           "|---|---|---|---|---|---|"]
+  for s in summary:
+    lines.append(f"| {s['method']} | {s['seeds']} | {s['drop_mean']:.2f} ± {s['drop_std']:.2f} | "
+                 f"{s['ratio_mean']:.2f}x ± {s['ratio_std']:.2f} | {s['paper_ratio_mean']:.2f}x | "
+                 f"{s['wall_s_mean']:.0f} |")
+  return "\n".join(lines) + "\n"
+
+
+def plot(rows, base_test, path):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for method in METHODS:
+    mine = [r for r in rows if r["method"] == method]
+    if mine:
+      ax.scatter([r["compression_ratio"] for r in mine], [base_test - r["test_accuracy"] for r in mine],
+                 label=method, marker="*" if method.startswith("hirelc") else "o",
+                 s=120 if method == "hirelc" else 40)
+  ax.axhline(1.0, color="grey", ls="--", lw=0.8)
+  ax.set_xlabel("honest whole-model compression (x)")
+  ax.set_ylabel("test accuracy drop (points)")
+  ax.legend(fontsize=7, ncol=2)
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--model", default="vit_tiny")
+  parser.add_argument("--dataset", default="fashion_mnist")
+  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+  parser.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
+  args = parser.parse_args()
+  cfg = config_io.override(config_io.Config(), {"model.name": args.model, "data.name": args.dataset,
+                                                **dict(a.split("=", 1) for a in args.set)})
+  experiment.enable_compilation_cache()
+  setup = experiment.prepare(cfg, quiet=True, log=print)
+  data = setup.data
+  n = cfg.search.eval_samples
+  base = {"val": experiment.accuracy(setup, setup.variables, data.x_val, data.y_val),
+          "eval": experiment.accuracy(setup, setup.variables, data.x_val[:n], data.y_val[:n]),
+          "test": experiment.accuracy(setup, setup.variables, data.x_test, data.y_test)}
+  table = experiment.make_error_table(setup)
+  name = f"quality_{args.model}"
+  path = common.RESULTS / f"{name}.json"
+  rows = json.loads(path.read_text())["rows"] if path.exists() else []
+  for seed in args.seeds:
+    for method in args.methods:
+      if any(r["method"] == method and r["seed"] == seed for r in rows):
+        continue
+      row = {"method": method, "seed": seed, **run_method(method, setup, table, base, seed, cfg)}
+      rows.append(row)
+      print(json.dumps(row), flush=True)
+      summary = summarize(rows, base["test"])
+      common.write(name, {"command": " ".join(sys.argv), "config_overrides": args.set,
+                          "baseline": base, "rows": rows, "summary": summary})
+  machine = common.machine()
+  (common.RESULTS / f"{name}.md").write_text(markdown(summarize(rows, base["test"]), base["test"], machine))
+  plot(rows, base["test"], common.RESULTS / f"{name}_pareto.png")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,148 @@
+"""What every phase works with: the Setup (data, model, baseline) and plan evaluation.
+
+`prepare` loads the data and trains or loads the baseline; the rest measure
+plans on it: accuracy of the plain or compressed model, pre-fine-tune
+accuracy of a batch of plans, storage metrics, a QAT fine-tune with the
+config's schedule, and the Fisher-weighted error table of the baseline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from hirelc_jax.agents import error_table
+from hirelc_jax.compression import accounting
+from hirelc_jax.compression.plan import CompressionPlan, stack_plans, uniform_plan
+from hirelc_jax.config import Config
+from hirelc_jax.data import load_dataset
+from hirelc_jax.data.pipeline import AUGMENT_DEFAULTS, augment
+from hirelc_jax.models import build_model, init_params, kernel_map
+from hirelc_jax.training import baseline, checkpoint, loop, qat
+from hirelc_jax.training.progress import progress
+
+
+@dataclasses.dataclass
+class Setup:
+  """What every phase needs: data, model, baseline weights and evaluators."""
+  config: Config
+  data: Any
+  spec: Any
+  variables: dict
+  kmap: Any
+  augment: Any
+  evaluate_plans: Any
+  evaluate: Any
+
+
+def _loss_fn(module, model_state):
+  def loss(params, x, y):
+    logits = module.apply({"params": params, **model_state}, x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+  return loss
+
+
+def prepare(config: Config, *, quiet: bool = False, log=print) -> Setup:
+  """Loads data, builds the model and trains (or loads) the baseline."""
+  data = load_dataset(config.data.name, data_dir=config.data.data_dir,
+                      val_fraction=config.data.val_fraction, seed=config.seed,
+                      limit=config.data.limit)
+  patch = config.model.patch_size or baseline.default_patch_size(config.model.name, data.image_shape)
+  spec = build_model(config.model.name, num_classes=data.num_classes,
+                     image_shape=data.image_shape, patch_size=patch)
+  variables = init_params(spec, jax.random.key(config.seed))
+  aug_cfg = AUGMENT_DEFAULTS.get(data.name)
+  aug = functools.partial(augment, crop_pad=aug_cfg.crop_pad, flip=aug_cfg.flip) \
+      if config.data.augment and aug_cfg else None
+  if config.model.checkpoint:
+    variables = load_user_checkpoint(config.model.checkpoint, spec, variables)
+  else:
+    schedule = baseline.default_schedule(config.model.name)
+    t = config.training
+    schedule = dataclasses.replace(
+        schedule, batch_size=t.batch_size,
+        epochs=t.baseline_epochs if t.baseline_epochs is not None else schedule.epochs,
+        lr=t.baseline_lr if t.baseline_lr is not None else schedule.lr)
+    variables, info = baseline.train_baseline(spec, variables, data, schedule, config.seed,
+                                              augment=aug, quiet=quiet)
+    log(f"baseline {'loaded from cache' if info['cached'] else 'trained'}: "
+        f"val {info['val_accuracy']:.2f}% ({info['path']})")
+  kmap = kernel_map(variables["params"], spec)
+  return Setup(config, data, spec, variables, kmap, aug,
+               qat.make_evaluate_plans(spec.module, kmap),
+               loop.make_evaluate(spec.module, lambda t, _: t))
+
+
+def load_user_checkpoint(path: str, spec, like: dict) -> dict:
+  """A user's orbax checkpoint, or a timm-style ViT file (.safetensors / .npz)."""
+  if path.endswith((".safetensors", ".npz")):
+    from hirelc_jax.models.checkpoint_io import load_timm_vit
+    return {**like, **load_timm_vit(path, spec)}
+  return checkpoint.load_tree(path, like)
+
+
+def accuracy(setup: Setup, variables, x, y) -> float:
+  state = {k: v for k, v in variables.items() if k != "params"}
+  return loop.accuracy(setup.evaluate, variables["params"], state, None, x, y,
+                       loop.TrainConfig().eval_batch_size)
+
+
+def plan_accuracies(setup: Setup, plans: CompressionPlan, batch: int = 8, *,
+                    desc: str | None = None, quiet: bool = True) -> np.ndarray:
+  """Pre-fine-tune accuracy of each plan on the evaluation subset, `batch` plans per call."""
+  n = setup.config.search.eval_samples
+  x, y = setup.data.x_val[:n], setup.data.y_val[:n]
+  count = plans.bits.shape[0]
+  out = []
+  bar = progress(total=count, desc=desc or "evaluate plans", disable=quiet or desc is None)
+  for start in range(0, count, batch):
+    chunk = jax.tree.map(lambda a: a[start:start + batch], plans)
+    pad = batch - chunk.bits.shape[0]
+    if pad:  # keep one shape so nothing recompiles
+      chunk = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, 0)]), chunk)
+    accs = qat.plan_accuracies(setup.evaluate_plans, setup.variables, chunk, x, y, 250)
+    out.extend(accs[:batch - pad])
+    bar.update(batch - pad)
+  bar.close()
+  return np.asarray(out)
+
+
+def finetune(setup: Setup, plan: CompressionPlan, key, desc: str = "fine-tune", quiet: bool = False):
+  """QAT fine-tune of the baseline under `plan` with the config's schedule: (variables, FitResult)."""
+  t = setup.config.training
+  ft = loop.TrainConfig(epochs=t.finetune_epochs, batch_size=t.batch_size, lr=t.finetune_lr,
+                        patience=t.finetune_patience, warmup_frac=0.0)
+  return qat.finetune(setup.spec.module, setup.variables, plan, setup.kmap, setup.data, ft, key,
+                      augment=setup.augment, desc=desc, quiet=quiet)
+
+
+def make_error_table(setup: Setup) -> error_table.ErrorTable:
+  """The Fisher-weighted error table of the baseline, on the sensitivity examples."""
+  data, n = setup.data, setup.config.search.sensitivity_samples
+  state_vars = {k: v for k, v in setup.variables.items() if k != "params"}
+  fisher = error_table.weight_fisher(_loss_fn(setup.spec.module, state_vars), setup.variables["params"],
+                                     setup.kmap, data.x_train[:n], data.y_train[:n])
+  return error_table.build_error_table(setup.variables["params"], fisher, setup.kmap)
+
+
+def plan_metrics(setup: Setup, plan: CompressionPlan) -> dict:
+  params = setup.variables["params"]
+  return {"compression_ratio": float(accounting.compression_ratio(params, plan, setup.kmap)),
+          "paper_compression_ratio": float(accounting.paper_compression_ratio(plan, setup.kmap)),
+          "storage_bits": float(accounting.storage_bits(params, plan, setup.kmap))}
+
+
+UNIFORM_BASELINES = (("INT8", 8, "int"), ("INT6", 6, "int"), ("INT4", 4, "int"), ("INT3", 3, "int"),
+                     ("FP8", 8, "float"), ("FP6", 6, "float"), ("FP4", 4, "float"))
+
+
+def uniform_plans(kmap) -> tuple[list[str], CompressionPlan]:
+  gran = "per_channel"
+  plans = [uniform_plan(*kmap.plan_shape, bits=b, fmt=f, gran=gran) for _, b, f in UNIFORM_BASELINES]
+  return [label for label, _, _ in UNIFORM_BASELINES], stack_plans(plans)

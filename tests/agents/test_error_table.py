@@ -1,0 +1,104 @@
+"""Fisher-weighted error table: closed forms on small kernels and the LLA signal."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from hirelc_jax.agents import error_table
+from hirelc_jax.compression import codes, quantize
+from hirelc_jax.compression.kernel_map import build_kernel_map
+from hirelc_jax.compression.plan import uniform_plan
+
+RULES = [(r"block(?P<block>\d+)/a/kernel", "a"), (r"block(?P<block>\d+)/b/kernel", "b")]
+
+
+def _params():
+  rng = np.random.default_rng(0)
+  return {f"block{i}": {"a": {"kernel": jnp.asarray(rng.normal(size=(6, 4)), jnp.float32)},
+                        "b": {"kernel": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)}}
+          for i in range(2)}
+
+
+@pytest.fixture(scope="module")
+def setup():
+  params = _params()
+  kmap = build_kernel_map(params, RULES, ("a", "b"))
+  rng = np.random.default_rng(1)
+  fisher = [jnp.asarray(rng.uniform(0.5, 2.0, size=e.shape), jnp.float32) for e in kmap.entries]
+  return params, kmap, fisher, error_table.build_error_table(params, fisher, kmap, 10.0)
+
+
+def test_quant_entries_are_fisher_weighted_squared_errors(setup):
+  params, kmap, fisher, table = setup
+  e = kmap.entries[0]
+  w = params[f"block{e.block}"]["a" if e.kernel == 0 else "b"]["kernel"]
+  for bits, fmt, gran in ((3, codes.INT, codes.PER_CHANNEL), (4, codes.FLOAT, codes.UNIFORM),
+                          (2, codes.INT, codes.LOG)):
+    want = float(jnp.sum(fisher[0] * (quantize.fake_quant(w, bits, fmt, gran) - w) ** 2))
+    got = float(table.quant[e.block, e.kernel, bits - 2, fmt, gran])
+    assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_pruned_energy_removes_the_weakest_neurons_first(setup):
+  params, kmap, fisher, table = setup
+  e = kmap.entries[0]
+  w = np.asarray(params[f"block{e.block}"]["a" if e.kernel == 0 else "b"]["kernel"])
+  energy = np.sum(np.asarray(fisher[0]) * w * w, axis=0)
+  order = np.argsort(np.linalg.norm(w, axis=0))
+  np.testing.assert_allclose(table.pruned[e.block, e.kernel, :e.num_out + 1],
+                             np.concatenate([[0.0], np.cumsum(energy[order])]), rtol=1e-5)
+
+
+def test_plan_error_is_additive_and_zero_for_unquantized_plans(setup):
+  _, kmap, _, table = setup
+  fp32 = uniform_plan(*kmap.plan_shape)
+  assert float(error_table.plan_error(table, fp32)) == 0.0
+  int4 = uniform_plan(*kmap.plan_shape, bits=4, fmt="int", gran="per_channel")
+  slots = error_table.slot_errors(table, int4.bits, int4.keep, int4.fmt, int4.gran)
+  np.testing.assert_allclose(slots, table.quant[:, :, 2, codes.INT, codes.PER_CHANNEL], rtol=1e-6)
+  assert float(error_table.plan_error(table, int4)) == pytest.approx(float(slots.sum()), rel=1e-6)
+  # Keeping half of the neurons: the pruned energy plus half the quantization error.
+  half = int4.replace(keep=jnp.full(kmap.plan_shape, 0.5))
+  s = error_table.slot_errors(table, half.bits, half.keep, half.fmt, half.gran)
+  n = table.num_out
+  gone = (n - jnp.round(0.5 * n)).astype(jnp.int32)
+  want = jnp.take_along_axis(table.pruned, gone[..., None], -1)[..., 0] + jnp.round(0.5 * n) / n * slots
+  np.testing.assert_allclose(s, want, rtol=1e-6)
+
+
+def test_lla_signal_is_the_blocks_error_times_blocks_and_calibration(setup):
+  _, kmap, _, table = setup
+  fn = error_table.error_table_fn()
+  bits, keep = jnp.array([3, 5]), jnp.array([1.0, 0.75])
+  fmt, gran = jnp.array([codes.INT, codes.FLOAT]), jnp.array([codes.PER_CHANNEL, codes.LEARNED])
+  d = jax.jit(fn)(table, 1, bits, keep, fmt, gran)
+  block = error_table.slot_errors(table, bits, keep, fmt, gran, 1)
+  assert float(d) == pytest.approx(10.0 * 2 * float(block.sum()), rel=1e-6)
+
+
+def test_fit_points_per_error_ignores_collapsed_plans():
+  errors = [0.01, 0.02, 0.03, 0.5]
+  drops = [1.0, 2.0, 3.0, 70.0]                # the last plan collapsed: left out
+  assert error_table.fit_points_per_error(errors, drops) == pytest.approx(100.0)
+  assert error_table.fit_points_per_error([0.01, 0.5], [1.0, 70.0]) is None
+
+
+def test_weight_fisher_matches_per_example_squared_gradients():
+  params = _params()
+  kmap = build_kernel_map(params, RULES, ("a", "b"))
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(8, 6)), jnp.float32)
+  y = jnp.arange(8) % 3
+
+  def loss(p, xb, yb):
+    h = jnp.tanh(xb @ p["block0"]["a"]["kernel"]) @ p["block0"]["b"]["kernel"]
+    h = jnp.tanh(h @ jnp.ones((3, 6)) @ p["block1"]["a"]["kernel"]) @ p["block1"]["b"]["kernel"]
+    return optax.softmax_cross_entropy_with_integer_labels(h, yb).mean()
+
+  got = error_table.weight_fisher(loss, params, kmap, x, y, batch_size=4)
+  grads = [jax.grad(loss)(params, x[i:i + 1], y[i:i + 1]) for i in range(8)]
+  for entry, f in zip(kmap.entries, got):
+    name = "a" if entry.kernel == 0 else "b"
+    want = np.mean([g[f"block{entry.block}"][name]["kernel"] ** 2 for g in grads], axis=0)
+    np.testing.assert_allclose(f, want, rtol=1e-4, atol=1e-9)
