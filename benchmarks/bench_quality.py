@@ -33,7 +33,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from hirelc_jax import config as config_io  # noqa: E402
-from hirelc_jax import experiment, search  # noqa: E402
+from hirelc_jax import evaluation, experiment, search  # noqa: E402
 from hirelc_jax.agents import error_table  # noqa: E402
 from hirelc_jax.compression import codes  # noqa: E402
 from hirelc_jax.compression.plan import stack_plans, uniform_plan  # noqa: E402
@@ -41,7 +41,7 @@ from hirelc_jax.compression.plan import stack_plans, uniform_plan  # noqa: E402
 SEARCHES = {"hirelc": {}, "hirelc_surrogate": {"search.signal": "surrogate"},
             "lla_only": {"search.high_level": "false"}}
 METHODS = ("hirelc", "uniform_INT3", "uniform_INT4", "greedy", "random", "lla_only",
-           "hirelc_surrogate") + tuple(f"uniform_{label}" for label, _, _ in experiment.UNIFORM_BASELINES
+           "hirelc_surrogate") + tuple(f"uniform_{label}" for label, _, _ in evaluation.UNIFORM_BASELINES
                                        if label not in ("INT3", "INT4"))
 
 
@@ -76,7 +76,7 @@ def finetune_candidates(setup, plans, accs, base, seed, count):
   """Fine-tunes `count` candidates (most compressed within the recovered target, then most
   accurate) and returns the chosen one's metrics."""
   config = setup.config
-  ratios = [experiment.plan_metrics(setup, jax.tree.map(lambda a: a[i], plans))["compression_ratio"]
+  ratios = [evaluation.plan_metrics(setup, jax.tree.map(lambda a: a[i], plans))["compression_ratio"]
             for i in range(len(accs))]
   limit = config.goal.target_accuracy_drop / experiment.RECOVERY_PRIOR
   ok = sorted((i for i in range(len(accs)) if base["eval"] - accs[i] <= limit), key=lambda i: -ratios[i])
@@ -85,7 +85,7 @@ def finetune_candidates(setup, plans, accs, base, seed, count):
   records, tuned_all = [], []
   for j, i in enumerate(chosen):
     plan = jax.tree.map(lambda a: a[i], plans)
-    tuned, result = experiment.finetune(setup, plan, jax.random.fold_in(jax.random.key(seed), j),
+    tuned, result = evaluation.finetune(setup, plan, jax.random.fold_in(jax.random.key(seed), j),
                                         quiet=True)
     records.append({"val_accuracy": result.best_val_accuracy, "compression_ratio": ratios[i],
                     "plan": plan})
@@ -98,7 +98,7 @@ def run_method(method, setup, table, base, seed, cfg):
   """One method, one seed: a result row."""
   t0 = time.perf_counter()
   c = cfg.search
-  evals = c.warmup_samples + len(experiment.UNIFORM_BASELINES) + c.cycles
+  evals = c.warmup_samples + len(evaluation.UNIFORM_BASELINES) + c.cycles
   if method in SEARCHES:
     config = config_io.override(cfg, {"seed": str(seed), **SEARCHES[method]})
     with tempfile.TemporaryDirectory() as out:
@@ -110,9 +110,9 @@ def run_method(method, setup, table, base, seed, cfg):
             "wall_s": time.perf_counter() - t0, "real_evals": evals, "finetunes": c.cycles}
   if method.startswith("uniform_"):
     label = method[len("uniform_"):]
-    _, bits, fmt = next(u for u in experiment.UNIFORM_BASELINES if u[0] == label)
+    _, bits, fmt = next(u for u in evaluation.UNIFORM_BASELINES if u[0] == label)
     plan = uniform_plan(*setup.kmap.plan_shape, bits=bits, fmt=fmt, gran="per_channel")
-    tuned, result = experiment.finetune(setup, plan, jax.random.key(seed), quiet=True)
+    tuned, result = evaluation.finetune(setup, plan, jax.random.key(seed), quiet=True)
     best, evals, fts = {"val_accuracy": result.best_val_accuracy, "plan": plan}, 0, 1
   else:
     key = jax.random.fold_in(jax.random.key(seed), 7)
@@ -122,11 +122,11 @@ def run_method(method, setup, table, base, seed, cfg):
       path = greedy_path(table, setup.kmap, cfg.goal.min_bits)
       pick = np.linspace(0, len(path) - 1, evals).round().astype(int)
       plans = as_plans([path[i] for i in pick], setup.kmap)
-    accs = experiment.plan_accuracies(setup, plans)
+    accs = evaluation.plan_accuracies(setup, plans)
     best, tuned = finetune_candidates(setup, plans, accs, base, seed, c.cycles)
     fts = c.cycles
-  test = experiment.accuracy(setup, tuned, setup.data.x_test, setup.data.y_test)
-  m = experiment.plan_metrics(setup, best["plan"])
+  test = evaluation.accuracy(setup, tuned, setup.data.x_test, setup.data.y_test)
+  m = evaluation.plan_metrics(setup, best["plan"])
   return {"test_accuracy": test, "val_accuracy": best["val_accuracy"],
           "compression_ratio": m["compression_ratio"],
           "paper_compression_ratio": m["paper_compression_ratio"],
@@ -191,13 +191,13 @@ def main() -> None:
   cfg = config_io.override(config_io.Config(), {"model.name": args.model, "data.name": args.dataset,
                                                 **dict(a.split("=", 1) for a in args.set)})
   experiment.enable_compilation_cache()
-  setup = experiment.prepare(cfg, quiet=True, log=print)
+  setup = evaluation.prepare(cfg, quiet=True, log=print)
   data = setup.data
   n = cfg.search.eval_samples
-  base = {"val": experiment.accuracy(setup, setup.variables, data.x_val, data.y_val),
-          "eval": experiment.accuracy(setup, setup.variables, data.x_val[:n], data.y_val[:n]),
-          "test": experiment.accuracy(setup, setup.variables, data.x_test, data.y_test)}
-  table = experiment.make_error_table(setup)
+  base = {"val": evaluation.accuracy(setup, setup.variables, data.x_val, data.y_val),
+          "eval": evaluation.accuracy(setup, setup.variables, data.x_val[:n], data.y_val[:n]),
+          "test": evaluation.accuracy(setup, setup.variables, data.x_test, data.y_test)}
+  table = evaluation.make_error_table(setup)
   name = f"quality_{args.model}"
   path = common.RESULTS / f"{name}.json"
   rows = json.loads(path.read_text())["rows"] if path.exists() else []

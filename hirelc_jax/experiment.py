@@ -24,8 +24,7 @@ from hirelc_jax.agents.surrogate import SurrogateConfig, encode_plan, make_surro
 from hirelc_jax.compression import accounting
 from hirelc_jax.compression.plan import CompressionPlan, stack_plans
 from hirelc_jax.config import Config
-from hirelc_jax.evaluation import (UNIFORM_BASELINES, Setup, _loss_fn, accuracy,  # noqa: F401
-                                   finetune, load_user_checkpoint, make_error_table,
+from hirelc_jax.evaluation import (Setup, _loss_fn, accuracy, finetune, make_error_table,
                                    plan_accuracies, plan_metrics, prepare, uniform_plans)
 from hirelc_jax.training import baseline
 
@@ -82,6 +81,8 @@ class Search:
     if s.signal == "surrogate":
       inner = proxies.surrogate_signal_fn(self.surrogate.predict, self.present)
     elif s.signal == "error_table":
+      if table is None:
+        raise ValueError("search.signal='error_table' needs the error table (experiment.make_error_table)")
       inner = error_table.error_table_fn()
     else:
       inner = proxies.quant_error_proxy_fn()
@@ -162,6 +163,8 @@ def run_cycle(search_: Search, state: SearchState, cycle: int, base: dict, key,
 
   t0 = time.perf_counter()
   features = search_.encode(stack_plans([plan]))
+  error = float(search_.errors(stack_plans([plan]))[0])
+  ppe = search_.points_per_error(state, base["eval"])
   predicted = float(search_.surrogate.predict(state.surrogate, features)[0])
   pre_acc = float(plan_accuracies(setup, stack_plans([plan]))[0])
   times["eval_s"] = time.perf_counter() - t0
@@ -184,6 +187,7 @@ def run_cycle(search_: Search, state: SearchState, cycle: int, base: dict, key,
 
   record = {"cycle": cycle + 1, "val_accuracy": val_acc, "pre_finetune_accuracy": pre_acc,
             "predicted_accuracy": predicted if bool(search_.surrogate.ready(state.surrogate)) else None,
+            "table_predicted_drop": None if np.isnan(error) else error * ppe,
             "accuracy_drop_val": post_drop, "recovery_observed": obs, **plan_metrics(setup, plan),
             "budget_target_ratio": np.asarray(budgets.target_ratio).tolist(),
             "budget_min_bits": np.asarray(budgets.min_bits).tolist(),
@@ -195,7 +199,6 @@ def run_cycle(search_: Search, state: SearchState, cycle: int, base: dict, key,
   log("cycle", **record, message=(
       f"cycle {cycle + 1}: val {val_acc:.2f}% (pre-fine-tune {pre_acc:.2f}%), "
       f"compression {record['compression_ratio']:.2f}x honest / {record['paper_compression_ratio']:.2f}x paper"))
-  error = float(search_.errors(stack_plans([plan]))[0])
   evaluated = state.evaluated + [
       {"kind": "cycle", "label": f"C{cycle + 1}", "compression_ratio": record["compression_ratio"],
        "accuracy": pre_acc, "stage": "pre_finetune", "error": None if np.isnan(error) else error},
