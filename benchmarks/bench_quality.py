@@ -6,7 +6,9 @@ Usage:
 Every method starts from one baseline (trained with seed 0, cached); the seed
 drives the search and the fine-tuning order. Budgets are equal: the searches
 (HiReLC and its ablations, random, greedy) get the same number of real
-pre-fine-tune evaluations (warm-up samples + 7 uniform plans + one per cycle)
+pre-fine-tune evaluations (warm-up samples + 7 uniform plans + the screened
+candidates of every cycle: 20 + 7 + 4 x 4 = 43 by default; the unscreened
+variants, as the search was before screening, 32 + 7 + 4 x 1)
 and the same number of QAT fine-tunes (one per cycle, the config's schedule);
 a uniform plan gets one fine-tune. The chosen plan is the most compressed
 fine-tuned one within the accuracy target on validation (else the most
@@ -38,10 +40,13 @@ from hirelc_jax.agents import error_table  # noqa: E402
 from hirelc_jax.compression import codes  # noqa: E402
 from hirelc_jax.compression.plan import stack_plans, uniform_plan  # noqa: E402
 
+UNSCREENED = {"search.screen": "1", "search.warmup_samples": "32"}  # as before screening, same budget
 SEARCHES = {"hirelc": {}, "hirelc_surrogate": {"search.signal": "surrogate"},
-            "lla_only": {"search.high_level": "false"}}
+            "lla_only": {"search.high_level": "false"}, "hirelc_unscreened": UNSCREENED,
+            "hirelc_surrogate_unscreened": {"search.signal": "surrogate", **UNSCREENED},
+            "lla_only_unscreened": {"search.high_level": "false", **UNSCREENED}}
 METHODS = ("hirelc", "uniform_INT3", "uniform_INT4", "greedy", "random", "lla_only",
-           "hirelc_surrogate") + tuple(f"uniform_{label}" for label, _, _ in evaluation.UNIFORM_BASELINES
+           "hirelc_surrogate", "hirelc_unscreened", "lla_only_unscreened", "hirelc_surrogate_unscreened") + tuple(f"uniform_{label}" for label, _, _ in evaluation.UNIFORM_BASELINES
                                        if label not in ("INT3", "INT4"))
 
 
@@ -98,7 +103,7 @@ def run_method(method, setup, table, base, seed, cfg):
   """One method, one seed: a result row."""
   t0 = time.perf_counter()
   c = cfg.search
-  evals = c.warmup_samples + len(evaluation.UNIFORM_BASELINES) + c.cycles
+  evals = c.warmup_samples + len(evaluation.UNIFORM_BASELINES) + c.cycles * c.screen
   if method in SEARCHES:
     config = config_io.override(cfg, {"seed": str(seed), **SEARCHES[method]})
     with tempfile.TemporaryDirectory() as out:
@@ -187,6 +192,8 @@ def main() -> None:
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
   parser.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
+  parser.add_argument("--results", default=None,
+                      help="results name (default quality_<model>); shards run apart can be merged later")
   args = parser.parse_args()
   cfg = config_io.override(config_io.Config(), {"model.name": args.model, "data.name": args.dataset,
                                                 **dict(a.split("=", 1) for a in args.set)})
@@ -198,7 +205,7 @@ def main() -> None:
           "eval": evaluation.accuracy(setup, setup.variables, data.x_val[:n], data.y_val[:n]),
           "test": evaluation.accuracy(setup, setup.variables, data.x_test, data.y_test)}
   table = evaluation.make_error_table(setup)
-  name = f"quality_{args.model}"
+  name = args.results or f"quality_{args.model}"
   path = common.RESULTS / f"{name}.json"
   rows = json.loads(path.read_text())["rows"] if path.exists() else []
   for seed in args.seeds:

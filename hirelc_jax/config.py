@@ -70,7 +70,8 @@ class SearchConfig:
   cycles: int = 4
   sensitivity: str = "fisher"
   sensitivity_samples: int = 64
-  warmup_samples: int = 32           # random plans evaluated for real before the cycles
+  warmup_samples: int = 20           # random plans evaluated for real before the cycles
+  screen: int = 4                    # LLA candidates evaluated for real per cycle (1: fine-tune the vote)
   eval_samples: int = 2000           # validation examples for warm-up and candidate scoring
   signal: str = "error_table"        # LLA accuracy signal: error_table | surrogate | proxy
   high_level: bool = True            # False: no HLA, every block gets the goal's budget
@@ -125,6 +126,8 @@ class Config:
                          f"{len(agent.algorithms)} members; give one per member")
     if self.search.cycles < 1:
       raise ValueError(f"search.cycles={self.search.cycles} must be at least 1")
+    if self.search.screen < 1:
+      raise ValueError(f"search.screen={self.search.screen} must be at least 1 (1 fine-tunes the vote unscreened)")
     if self.search.signal not in SIGNALS:
       raise ValueError(f"search.signal={self.search.signal!r}; use one of {', '.join(SIGNALS)}")
     return self

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hirelc_jax import run_state, search
+from hirelc_jax import run_state, screening, search
 from hirelc_jax.agents import budget_env, error_table, kernel_env, proxies
 from hirelc_jax.agents.sensitivity import estimate_sensitivity
 from hirelc_jax.agents.surrogate import SurrogateConfig, encode_plan, make_surrogate, num_features
@@ -30,6 +30,7 @@ from hirelc_jax.training import baseline
 
 RECOVERY_PRIOR = 0.3  # post-fine-tune drop / pre-fine-tune drop before any cycle is measured
 DEFAULT_POINTS_PER_ERROR = 1.0  # error-table calibration until 3 plans with moderate drops exist
+CANDIDATE_DRAWS = 16  # policy draws per cycle; with the votes and members, (1 + 16) * (1 + M) candidates
 
 
 class EventLog:
@@ -75,6 +76,8 @@ class Search:
     self.encode = jax.jit(jax.vmap(lambda p: encode_plan(p, self.present)))
     self.plan_error = jax.jit(jax.vmap(lambda p: error_table.plan_error(table, p))) \
         if table is not None else None
+    params = setup.variables["params"]
+    self.ratios = jax.jit(jax.vmap(lambda p: accounting.compression_ratio(params, p, kmap)))
     self.hla = search.EnsembleTrainer(budget_env.BudgetEnv(kmap.num_blocks), self.config.hla,
                                       nested=False)
     goal = self.config.goal
@@ -157,16 +160,17 @@ def run_cycle(search_: Search, state: SearchState, cycle: int, base: dict, key,
                                  baseline_accuracy=base["eval"], surrogate_ready=ready)
   lla = state.lla if state.lla is not None else search_.lla.init(jax.random.fold_in(key, 2), lla_params)
   lla, lla_reward = search_.lla.train(lla, lla_params, first=state.lla is None)
-  plan, _ = search.decide_plan(search_.lla, lla, lla_params)
-  plan = jax.device_get(plan)
+  candidates = jax.device_get(search.candidate_plans(search_.lla, lla, lla_params, CANDIDATE_DRAWS))
   times["lla_s"] = time.perf_counter() - t0
 
   t0 = time.perf_counter()
-  features = search_.encode(stack_plans([plan]))
-  error = float(search_.errors(stack_plans([plan]))[0])
+  screened, accs, ratios, pick = screen(search_, state, candidates, base["eval"])
+  plan = jax.tree.map(lambda a: a[pick], screened)
+  features = search_.encode(screened)
+  errors = search_.errors(screened)
+  error, pre_acc = float(errors[pick]), float(accs[pick])
   ppe = search_.points_per_error(state, base["eval"])
-  predicted = float(search_.surrogate.predict(state.surrogate, features)[0])
-  pre_acc = float(plan_accuracies(setup, stack_plans([plan]))[0])
+  predicted = float(search_.surrogate.predict(state.surrogate, features[pick:pick + 1])[0])
   times["eval_s"] = time.perf_counter() - t0
 
   t0 = time.perf_counter()
@@ -175,7 +179,7 @@ def run_cycle(search_: Search, state: SearchState, cycle: int, base: dict, key,
   times["finetune_s"] = time.perf_counter() - t0
 
   t0 = time.perf_counter()
-  sur = search_.surrogate.add(state.surrogate, features[0], pre_acc)
+  sur = search_.surrogate.add(state.surrogate, features, jnp.asarray(accs))
   sur = search_.surrogate.record_prediction(sur, predicted, pre_acc)
   sur, _ = search_.surrogate.fit(sur, jax.random.fold_in(key, 4))
   pre_drop, post_drop = base["eval"] - pre_acc, base["val"] - val_acc
@@ -189,6 +193,8 @@ def run_cycle(search_: Search, state: SearchState, cycle: int, base: dict, key,
             "predicted_accuracy": predicted if bool(search_.surrogate.ready(state.surrogate)) else None,
             "table_predicted_drop": None if np.isnan(error) else error * ppe,
             "accuracy_drop_val": post_drop, "recovery_observed": obs, **plan_metrics(setup, plan),
+            "screened": {"compression_ratio": ratios.tolist(), "pre_finetune_accuracy": accs.tolist(),
+                         "picked": pick},
             "budget_target_ratio": np.asarray(budgets.target_ratio).tolist(),
             "budget_min_bits": np.asarray(budgets.min_bits).tolist(),
             "budget_max_prune": np.asarray(budgets.max_prune).tolist(),
@@ -200,12 +206,35 @@ def run_cycle(search_: Search, state: SearchState, cycle: int, base: dict, key,
       f"cycle {cycle + 1}: val {val_acc:.2f}% (pre-fine-tune {pre_acc:.2f}%), "
       f"compression {record['compression_ratio']:.2f}x honest / {record['paper_compression_ratio']:.2f}x paper"))
   evaluated = state.evaluated + [
-      {"kind": "cycle", "label": f"C{cycle + 1}", "compression_ratio": record["compression_ratio"],
-       "accuracy": pre_acc, "stage": "pre_finetune", "error": None if np.isnan(error) else error},
-      {"kind": "cycle", "label": f"C{cycle + 1}", "compression_ratio": record["compression_ratio"],
-       "accuracy": val_acc, "stage": "finetuned"}]
+      {"kind": "cycle" if j == pick else "screened", "label": f"C{cycle + 1}" if j == pick else "",
+       "compression_ratio": float(r), "accuracy": float(a), "stage": "pre_finetune",
+       "error": None if np.isnan(e) else float(e)} for j, (r, a, e) in enumerate(zip(ratios, accs, errors))]
+  evaluated.append({"kind": "cycle", "label": f"C{cycle + 1}", "compression_ratio": record["compression_ratio"],
+                    "accuracy": val_acc, "stage": "finetuned"})
   new = SearchState(hla, lla, sur, plan, state.records + [record], evaluated, recovery)
   return new, tuned
+
+
+def screen(search_: Search, state: SearchState, candidates: CompressionPlan, baseline_eval: float):
+  """Evaluates `search.screen` of the candidates for real and picks the one to fine-tune.
+
+  Returns (screened plans [S, B, K], their accuracies [S], honest ratios [S],
+  the index of the pick). With screen=1 the vote (candidate 0) is taken as is.
+  """
+  config = search_.config
+  limit = config.goal.target_accuracy_drop / state.recovery   # pre-fine-tune drop a fine-tune recovers
+  ratios = np.asarray(search_.ratios(candidates))
+  if config.search.screen == 1:
+    idx = np.zeros(1, np.int64)
+  else:
+    keys = np.stack([candidates.bits, candidates.keep, candidates.fmt, candidates.gran], 1)
+    predicted = search_.errors(candidates) * search_.points_per_error(state, baseline_eval)
+    idx = screening.pick_for_evaluation(ratios, predicted, limit, config.search.screen,
+                                        screening.unique_rows(keys))
+  screened = jax.tree.map(lambda a: a[idx], candidates)
+  accs = plan_accuracies(search_.setup, screened)
+  pick = screening.pick_for_finetune(ratios[idx], baseline_eval - accs, limit) if len(idx) > 1 else 0
+  return screened, accs, ratios[idx], pick
 
 
 def select_best(records: list, base_val: float, target_drop: float) -> int:
@@ -220,7 +249,6 @@ def warmup(search_: Search, key, log: EventLog, quiet: bool):
   """Random plans evaluated for real (batched, pre-fine-tune), then the first surrogate fit."""
   setup, config = search_.setup, search_.config
   count = config.search.warmup_samples
-  params = setup.variables["params"]
   plans = search.random_plans(key, count, setup.kmap, config)
   accs = plan_accuracies(setup, plans, desc="warm-up plans", quiet=quiet)
   sur = search_.surrogate.init(jax.random.fold_in(key, 1))
@@ -234,7 +262,7 @@ def warmup(search_: Search, key, log: EventLog, quiet: bool):
                                          ("uniform", labels, uniform, uacc)):
     if not len(names):
       continue
-    ratios = np.asarray(jax.vmap(lambda p: accounting.compression_ratio(params, p, setup.kmap))(batch))
+    ratios = np.asarray(search_.ratios(batch))
     errors = search_.errors(batch)
     evaluated += [{"kind": kind, "label": l, "compression_ratio": float(r), "accuracy": float(a),
                    "stage": "pre_finetune", "error": None if np.isnan(e) else float(e)}

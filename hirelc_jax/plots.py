@@ -23,7 +23,7 @@ from hirelc_jax import report as rep
 
 DPI = 120
 MAX_BAR_CYCLES = 4
-KIND_COLORS = {"warmup": "tab:gray", "cycle": "tab:blue", "uniform": "tab:orange"}
+KIND_COLORS = {"warmup": "tab:gray", "screened": "tab:cyan", "cycle": "tab:blue", "uniform": "tab:orange"}
 FORMAT_LETTERS = {"int": "I", "float": "F", "float_exp": "E"}
 GRAN_CODES = {"uniform": "un", "log": "lg", "per_channel": "pc", "learned": "ls", "asymmetric": "as"}
 CODE_LEGEND = ("cell code = format-granularity.  I int, F float (mantissa-heavy), E float "
@@ -58,7 +58,7 @@ def cell_code(entry: Mapping) -> str:
 def plot_pareto(report: Mapping, path) -> Optional[str]:
   """Accuracy vs compression (log x) of every evaluated plan, with the Pareto front.
 
-  Colour is the kind (warmup / cycle / uniform); hollow markers are accuracies
+  Colour is the kind (warmup / screened / cycle / uniform); hollow markers are accuracies
   before fine-tuning, filled ones after. Uniform baselines carry their label,
   the final plan is a star, and the front (best accuracy at >= compression) is
   a step line. Horizontal lines: baseline accuracy and baseline - target drop.

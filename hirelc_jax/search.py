@@ -93,15 +93,20 @@ class EnsembleTrainer:
 
     env_, network = env, self.network
 
-    def greedy(runner, env_params):
+    def policy_action(runner, env_params, salt, deterministic):
       obs, _ = env_.reset(runner.key, env_params)
-      return ppo.act(network, runner.train_state.params, obs, runner.key, deterministic=True)
+      return ppo.act(network, runner.train_state.params, obs, jax.random.fold_in(runner.key, salt),
+                     deterministic=deterministic)
+
+    def sampled(runner, params, salts):  # [S] salts -> actions [S, ..., M, D]
+      return jax.vmap(lambda s: batched(lambda r, p: policy_action(r, p, s, False))(params)(runner, params))(salts)
 
     self._init = {a: jax.jit(lambda k, p, a=a: batched(self.learners[a].init)(p)(k, p))
                   for a in self.groups}
     self._update = {a: jax.jit(lambda r, p, a=a: batched(self.learners[a].update)(p)(r, p))
                     for a in self.groups}
-    self._greedy = jax.jit(lambda r, p: batched(greedy)(p)(r, p))
+    self._greedy = jax.jit(lambda r, p: batched(lambda r_, p_: policy_action(r_, p_, 0, True))(p)(r, p))
+    self._sampled = jax.jit(sampled)
 
   def _members(self, params, idx):
     """The env params of members `idx` (fields shared across the batch stay whole)."""
@@ -144,12 +149,20 @@ class EnsembleTrainer:
 
   def greedy_actions(self, ens: Ensemble, params) -> jax.Array:
     """Each member's deterministic action at a reset observation: int32 [..., M, D]."""
+    return self._gather(self._greedy, ens, params)
+
+  def sampled_actions(self, ens: Ensemble, params, count: int, salt: int = 1) -> jax.Array:
+    """`count` actions sampled from each member's policy: int32 [count, ..., M, D]."""
+    salts = salt * 1000 + jnp.arange(count)
+    return self._gather(lambda r, p: self._sampled(r, p, salts), ens, params, lead=(count,))
+
+  def _gather(self, fn, ens: Ensemble, params, lead=()) -> jax.Array:
+    """Runs fn(runner, member params) for every algorithm group into one [..., M, D] array."""
     out = None
     for algo, idx in self.groups.items():
-      acts = self._greedy(ens.runners[algo], self._members(params, idx))
+      acts = fn(ens.runners[algo], self._members(params, idx))
       if out is None:
-        lead = lead_shape(params, self.nested)
-        out = jnp.zeros(lead + acts.shape[-1:], jnp.int32)
+        out = jnp.zeros(lead + lead_shape(params, self.nested) + acts.shape[-1:], jnp.int32)
       out = out.at[..., idx, :].set(acts)
     return out
 
@@ -241,13 +254,40 @@ def lla_params(config: Config, budgets, kmap: KernelMap, kernel_sensitivity, sig
 def decide_plan(trainer: EnsembleTrainer, ens: Ensemble, params) -> tuple[CompressionPlan, Any]:
   """Votes each block's members' greedy actions and decodes them into a plan [B, K]."""
   actions = trainer.greedy_actions(ens, params)                       # [B, M, D]
+  voted = _vote_blocks(trainer, ens, actions)
+  return jax.tree.map(lambda a: a[0], decode_plans(trainer, voted[None], params)), actions
+
+
+def _vote_blocks(trainer: EnsembleTrainer, ens: Ensemble, actions) -> jax.Array:
+  """[B, M, D] member actions -> [B, D] weighted vote per block."""
   nvec = tuple(trainer.env.action_space(None).nvec)
-  voted = jax.vmap(ensemble.vote, in_axes=(0, 0, None))(actions, ens.weights, nvec)
+  return jax.vmap(ensemble.vote, in_axes=(0, 0, None))(actions, ens.weights, nvec)
+
+
+def decode_plans(trainer: EnsembleTrainer, actions, params) -> CompressionPlan:
+  """Block actions [N, B, D] decoded into plans [N, B, K]."""
   per_block = trainer.member(params)
-  bits, keep, fmt, gran = jax.vmap(trainer.env.decode_action, in_axes=(0, trainer.in_axes_fn(per_block)))(
-      voted, per_block)
+  decode = jax.vmap(trainer.env.decode_action, in_axes=(0, trainer.in_axes_fn(per_block)))
+  bits, keep, fmt, gran = jax.vmap(lambda a: decode(a, per_block))(actions)
   return CompressionPlan(bits=bits.astype(jnp.int32), keep=keep.astype(jnp.float32),
-                         fmt=fmt.astype(jnp.int32), gran=gran.astype(jnp.int32)), actions
+                         fmt=fmt.astype(jnp.int32), gran=gran.astype(jnp.int32))
+
+
+def candidate_plans(trainer: EnsembleTrainer, ens: Ensemble, params, samples: int,
+                    salt: int = 1) -> CompressionPlan:
+  """The LLA ensemble's plans for screening: [1 + M + samples * (1 + M), B, K].
+
+  Index 0 is the voted greedy plan (what `decide_plan` returns), then every
+  member's greedy plan, then for each of `samples` draws from the stochastic
+  policies the vote of the draws and every member's draw.
+  """
+  greedy = trainer.greedy_actions(ens, params)[None]                  # [1, B, M, D]
+  drawn = trainer.sampled_actions(ens, params, samples, salt)         # [S, B, M, D]
+  actions = jnp.concatenate([greedy, drawn])                          # [1 + S, B, M, D]
+  voted = jax.vmap(lambda a: _vote_blocks(trainer, ens, a))(actions)  # [1 + S, B, D]
+  members = jnp.moveaxis(actions, 2, 1)                               # [1 + S, M, B, D]
+  rows = jnp.concatenate([voted[:, None], members], axis=1)           # [1 + S, 1 + M, B, D]
+  return decode_plans(trainer, rows.reshape((-1,) + rows.shape[2:]), params)
 
 
 def random_plans(key, count: int, kmap: KernelMap, config: Config) -> CompressionPlan:

@@ -56,3 +56,32 @@ def test_learner_discount_follows_the_config():
   assert search.learner_config(lla, "ppo").gamma == 0.0
   assert search.learner_config(lla, "a2c").gamma == 0.0
   assert search.learner_config(C.Config().hla, "ppo").gamma == 0.99
+
+
+def test_candidate_plans_start_with_the_vote_then_members_then_draws(kmap):
+  from hirelc_jax.agents import error_table, kernel_env
+  config = C.override(C.Config(), {"lla.n_steps": "8", "lla.n_envs": "2"})
+  rng = np.random.default_rng(0)
+  params = {f"block{i}": {"qkv": {"kernel": rng.normal(size=(8, 24)).astype(np.float32)},
+                          "fc": {"kernel": rng.normal(size=(8, 16)).astype(np.float32)}} for i in range(3)}
+  fisher = [np.ones(e.shape, np.float32) for e in kmap.entries]
+  table = error_table.build_error_table(params, fisher, kmap)
+  env = kernel_env.KernelEnv(2, lambda sig, *a: sig[1] * error_table.error_table_fn()(sig[0], *a))
+  trainer = search.EnsembleTrainer(env, config.lla, nested=True, in_axes_fn=kernel_env.params_in_axes)
+  lla = search.lla_params(config, search.goal_budgets(config, 3), kmap, np.ones((3, 2)),
+                          (table, np.float32(0.3)), baseline_accuracy=90.0, surrogate_ready=True)
+  ens = trainer.init(jax.random.key(0), lla)
+  plans = jax.device_get(search.candidate_plans(trainer, ens, lla, samples=3))
+  members = len(config.lla.algorithms)
+  assert plans.bits.shape == ((1 + 3) * (1 + members), 3, 2)
+  voted, actions = search.decide_plan(trainer, ens, lla)
+  np.testing.assert_array_equal(plans.bits[0], voted.bits)
+  np.testing.assert_array_equal(plans.keep[0], voted.keep)
+  # candidate 1 + m is member m's greedy plan in every block
+  own = search.decode_plans(trainer, np.moveaxis(np.asarray(actions), 1, 0), lla)
+  np.testing.assert_array_equal(plans.bits[1:1 + members], own.bits)
+  np.testing.assert_array_equal(plans.gran[1:1 + members], own.gran)
+  assert plans.bits.min() >= config.goal.min_bits and plans.bits.max() <= config.goal.max_bits
+  assert plans.keep.min() >= 1 - config.goal.max_prune - 1e-6
+  draws = plans.bits[1 + members:].reshape(-1, 6)
+  assert len(np.unique(draws, axis=0)) > 1                    # the draws are not all the same plan

@@ -1,0 +1,63 @@
+"""Screening the LLA ensemble's candidate plans before a cycle's fine-tune.
+
+A cycle's low-level agents yield many plans (the vote, every member's greedy
+plan, draws from the stochastic policies). Scoring them costs nothing with
+the error table; evaluating a few for real costs one batched call. The cycle
+then fine-tunes the most compressed screened plan whose measured drop the
+fine-tune is expected to recover, instead of trusting the vote blindly.
+
+Pure NumPy over small arrays: N candidates, S screened.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def unique_rows(keys: np.ndarray) -> np.ndarray:
+  """Indices of the first occurrence of every distinct row of `keys` [N, ...], in order."""
+  flat = keys.reshape(keys.shape[0], -1)
+  _, first = np.unique(flat, axis=0, return_index=True)
+  return np.sort(first)
+
+
+def pick_for_evaluation(ratios, predicted_drops, limit: float, count: int, distinct=None) -> np.ndarray:
+  """Which candidates to evaluate for real: int indices, at most `count`.
+
+  Candidate 0 (the ensemble's vote) always goes first. The rest spread over
+  the upper half, by compression, of the distinct candidates predicted to stay
+  within `limit` points of pre-fine-tune drop; if too few are, the lowest
+  predicted drops fill up.
+
+  Args:
+    ratios: float [N] honest compression of each candidate.
+    predicted_drops: float [N] predicted pre-fine-tune drop (points).
+    limit: the pre-fine-tune drop a fine-tune is expected to bring within target.
+    count: how many to pick (S).
+    distinct: int indices of the distinct candidates (default: all).
+  """
+  ratios, predicted = np.asarray(ratios, np.float64), np.asarray(predicted_drops, np.float64)
+  pool = np.arange(len(ratios)) if distinct is None else np.asarray(distinct)
+  pool = pool[pool != 0]
+  feasible = pool[predicted[pool] <= limit]
+  feasible = feasible[np.argsort(-ratios[feasible], kind="stable")]
+  chosen = [0]
+  if len(feasible) and count > 1:
+    spots = np.linspace(0, (len(feasible) - 1) // 2, count - 1).round().astype(int)
+    chosen += [int(feasible[i]) for i in dict.fromkeys(spots)]
+  rest = pool[np.argsort(predicted[pool], kind="stable")]
+  chosen += [int(i) for i in rest if i not in chosen][:max(count - len(chosen), 0)]
+  return np.asarray(chosen[:count], np.int64)
+
+
+def pick_for_finetune(ratios, measured_drops, limit: float) -> int:
+  """Position (in the screened list) of the plan to fine-tune.
+
+  The most compressed one whose measured pre-fine-tune drop is within
+  `limit`; if none is, the most accurate one (ties: the first).
+  """
+  ratios, drops = np.asarray(ratios, np.float64), np.asarray(measured_drops, np.float64)
+  ok = np.flatnonzero(drops <= limit)
+  if len(ok):
+    return int(ok[np.argmax(ratios[ok])])
+  return int(np.argmin(drops))
