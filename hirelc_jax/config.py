@@ -72,6 +72,7 @@ class SearchConfig:
   sensitivity_samples: int = 64
   warmup_samples: int = 20           # random plans evaluated for real before the cycles
   screen: int = 4                    # LLA candidates evaluated for real per cycle (1: fine-tune the vote)
+  escalate: float = 1.25             # once a cycle meets the accuracy target, later ones aim this much higher
   eval_samples: int = 2000           # validation examples for warm-up and candidate scoring
   signal: str = "error_table"        # LLA accuracy signal: error_table | surrogate | proxy
   high_level: bool = True            # False: no HLA, every block gets the goal's budget
@@ -128,6 +129,8 @@ class Config:
       raise ValueError(f"search.cycles={self.search.cycles} must be at least 1")
     if self.search.screen < 1:
       raise ValueError(f"search.screen={self.search.screen} must be at least 1 (1 fine-tunes the vote unscreened)")
+    if not self.search.escalate >= 1.0:
+      raise ValueError(f"search.escalate={self.search.escalate} must be >= 1 (1 keeps the compression goal fixed)")
     if self.search.signal not in SIGNALS:
       raise ValueError(f"search.signal={self.search.signal!r}; use one of {', '.join(SIGNALS)}")
     return self

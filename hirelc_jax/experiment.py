@@ -136,7 +136,8 @@ def summarize(plan: CompressionPlan, kmap) -> dict:
 def run_cycle(search_: Search, state: SearchState, cycle: int, base: dict, key,
               log: EventLog, quiet: bool) -> tuple[SearchState, dict]:
   """One cycle: HLA budgets, LLA plan, QAT fine-tune, real evaluation, surrogate update."""
-  setup, config = search_.setup, search_.config
+  setup = search_.setup
+  config = cycle_goal(search_.config, state.records)
   times, t0 = {}, time.perf_counter()
   last = state.records[-1] if state.records else None
   hla_params = search.hla_params(
@@ -189,7 +190,8 @@ def run_cycle(search_: Search, state: SearchState, cycle: int, base: dict, key,
   recovery = float(np.mean(observed)) if observed else state.recovery
   times["surrogate_s"] = time.perf_counter() - t0
 
-  record = {"cycle": cycle + 1, "val_accuracy": val_acc, "pre_finetune_accuracy": pre_acc,
+  record = {"cycle": cycle + 1, "goal_compression": config.goal.target_compression,
+            "val_accuracy": val_acc, "pre_finetune_accuracy": pre_acc,
             "predicted_accuracy": predicted if bool(search_.surrogate.ready(state.surrogate)) else None,
             "table_predicted_drop": None if np.isnan(error) else error * ppe,
             "accuracy_drop_val": post_drop, "recovery_observed": obs, **plan_metrics(setup, plan),
@@ -213,6 +215,17 @@ def run_cycle(search_: Search, state: SearchState, cycle: int, base: dict, key,
                     "accuracy": val_acc, "stage": "finetuned"})
   new = SearchState(hla, lla, sur, plan, state.records + [record], evaluated, recovery)
   return new, tuned
+
+
+def cycle_goal(config: Config, records: list) -> Config:
+  """The config with this cycle's compression goal: the user's target, raised to
+  `search.escalate` times the best ratio that has met the accuracy target so far
+  (the result is the most compressed plan within the drop, so the search keeps
+  pushing once the target is reached)."""
+  goal = config.goal
+  met = [r["compression_ratio"] for r in records if r["accuracy_drop_val"] <= goal.target_accuracy_drop]
+  target = max([goal.target_compression] + [config.search.escalate * r for r in met])
+  return dataclasses.replace(config, goal=dataclasses.replace(goal, target_compression=target))
 
 
 def screen(search_: Search, state: SearchState, candidates: CompressionPlan, baseline_eval: float):
