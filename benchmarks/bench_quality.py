@@ -2,6 +2,7 @@
 
 Usage:
   python benchmarks/bench_quality.py --model vit_tiny --seeds 0 1 2 [--methods ...]
+  python benchmarks/bench_quality.py --results quality_vit_tiny --merge SHARD   # fold a shard in
 
 Every method starts from one baseline (trained with seed 0, cached); the seed
 drives the search and the fine-tuning order. Budgets are equal: the searches
@@ -150,7 +151,7 @@ def summarize(rows, base_test) -> list[dict]:
     out.append({"method": method, "seeds": len(mine), "drop_mean": drop.mean(), "drop_std": drop.std(),
                 "ratio_mean": col("compression_ratio").mean(), "ratio_std": col("compression_ratio").std(),
                 "paper_ratio_mean": col("paper_compression_ratio").mean(),
-                "wall_s_mean": col("wall_s").mean()})
+                "wall_s_mean": col("wall_s").mean(), "shared_cpu": any(r.get("shared_cpu") for r in mine)})
   return out
 
 
@@ -162,7 +163,10 @@ def markdown(summary, base_test, machine) -> str:
   for s in summary:
     lines.append(f"| {s['method']} | {s['seeds']} | {s['drop_mean']:.2f} ± {s['drop_std']:.2f} | "
                  f"{s['ratio_mean']:.2f}x ± {s['ratio_std']:.2f} | {s['paper_ratio_mean']:.2f}x | "
-                 f"{s['wall_s_mean']:.0f} |")
+                 f"{s['wall_s_mean']:.0f}{'*' if s['shared_cpu'] else ''} |")
+  if any(s["shared_cpu"] for s in summary):
+    lines += ["", "\\* some of these runs shared the 2 cores with another benchmark, so their wall time is "
+              "inflated; accuracies and ratios do not depend on it."]
   return "\n".join(lines) + "\n"
 
 
@@ -193,11 +197,20 @@ def main() -> None:
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
   parser.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
+  parser.add_argument("--merge", nargs="+", default=None, metavar="NAME",
+                      help="only merge these results files' rows into this one and render it")
+  parser.add_argument("--shared-cpu", action="store_true",
+                      help="mark this invocation's wall times as measured beside other work")
   parser.add_argument("--results", default=None,
                       help="results name (default quality_<model>); shards run apart can be merged later")
   args = parser.parse_args()
   cfg = config_io.override(config_io.Config(), {"model.name": args.model, "data.name": args.dataset,
                                                 **dict(a.split("=", 1) for a in args.set)})
+  name = args.results or f"quality_{args.model}"
+  path = common.RESULTS / f"{name}.json"
+  if args.merge:
+    merge(path, [common.RESULTS / f"{m}.json" for m in args.merge])
+    return
   experiment.enable_compilation_cache()
   setup = evaluation.prepare(cfg, quiet=True, log=print)
   data = setup.data
@@ -206,22 +219,42 @@ def main() -> None:
           "eval": evaluation.accuracy(setup, setup.variables, data.x_val[:n], data.y_val[:n]),
           "test": evaluation.accuracy(setup, setup.variables, data.x_test, data.y_test)}
   table = evaluation.make_error_table(setup)
-  name = args.results or f"quality_{args.model}"
-  path = common.RESULTS / f"{name}.json"
   rows = json.loads(path.read_text())["rows"] if path.exists() else []
   for seed in args.seeds:
     for method in args.methods:
       if any(r["method"] == method and r["seed"] == seed for r in rows):
         continue
-      row = {"method": method, "seed": seed, **run_method(method, setup, table, base, seed, cfg)}
+      row = {"method": method, "seed": seed, **run_method(method, setup, table, base, seed, cfg),
+             **({"shared_cpu": True} if args.shared_cpu else {})}
       rows.append(row)
       print(json.dumps(row), flush=True)
       summary = summarize(rows, base["test"])
       common.write(name, {"command": " ".join(sys.argv), "config_overrides": args.set,
                           "baseline": base, "rows": rows, "summary": summary})
-  machine = common.machine()
-  (common.RESULTS / f"{name}.md").write_text(markdown(summarize(rows, base["test"]), base["test"], machine))
-  plot(rows, base["test"], common.RESULTS / f"{name}_pareto.png")
+  render(path)
+
+
+def render(path: pathlib.Path) -> None:
+  """The markdown table and Pareto plot beside a results file."""
+  result = json.loads(path.read_text())
+  rows, base_test = result["rows"], result["baseline"]["test"]
+  stem = path.with_suffix("")
+  stem.with_suffix(".md").write_text(markdown(summarize(rows, base_test), base_test, result["machine"]))
+  plot(rows, base_test, stem.parent / f"{stem.name}_pareto.png")
+
+
+def merge(path: pathlib.Path, shards: list) -> None:
+  """Adds the rows of shard files (same baseline) that `path` lacks, then renders."""
+  result = json.loads(path.read_text())
+  for shard in shards:
+    other = json.loads(shard.read_text())
+    if other["baseline"]["test"] != result["baseline"]["test"]:
+      raise SystemExit(f"{shard} was measured on another baseline; not merged")
+    have = {(r["method"], r["seed"]) for r in result["rows"]}
+    result["rows"] += [r for r in other["rows"] if (r["method"], r["seed"]) not in have]
+  result["summary"] = summarize(result["rows"], result["baseline"]["test"])
+  path.write_text(json.dumps(result, indent=2) + "\n")
+  render(path)
 
 
 if __name__ == "__main__":
