@@ -174,17 +174,18 @@ def plot(rows, base_test, path):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  for method in METHODS:
+  fig, ax = plt.subplots(figsize=(9, 4.5))
+  present = [m for m in METHODS if any(r["method"] == m for r in rows)]
+  for i, method in enumerate(present):
     mine = [r for r in rows if r["method"] == method]
-    if mine:
-      ax.scatter([r["compression_ratio"] for r in mine], [base_test - r["test_accuracy"] for r in mine],
-                 label=method, marker="*" if method.startswith("hirelc") else "o",
-                 s=120 if method == "hirelc" else 40)
+    marker = "*" if method.startswith("hirelc") else "s" if method.startswith("uniform") else "o"
+    ax.scatter([r["compression_ratio"] for r in mine], [base_test - r["test_accuracy"] for r in mine],
+               label=method, marker=marker, color=plt.cm.tab20(i % 20),
+               s=160 if method == "hirelc" else 45, edgecolor="black" if method == "hirelc" else "none")
   ax.axhline(1.0, color="grey", ls="--", lw=0.8)
   ax.set_xlabel("honest whole-model compression (x)")
   ax.set_ylabel("test accuracy drop (points)")
-  ax.legend(fontsize=7, ncol=2)
+  ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
   ax.grid(alpha=0.3)
   fig.tight_layout()
   fig.savefig(path, dpi=120)

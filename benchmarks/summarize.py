@@ -98,17 +98,14 @@ def section_runs(rows):
 
 def section_quality(r, model):
   yield f"## Quality against baselines: {model} (issue 6)\n"
-  yield (f"`{r['command']}` — {machine(r)}. Equal budgets: every search gets the same real pre-fine-tune "
-         "evaluations and the same QAT fine-tunes (one per cycle); a uniform plan gets one fine-tune. "
+  yield (f"`python benchmarks/bench_quality.py --model {model}` (run in shards of seeds and methods, "
+         f"folded together with `--merge`) — {machine(r)}. Equal budgets: every search gets the same real pre-fine-tune "
+         "evaluations (43) and the same QAT fine-tunes (one per cycle); a uniform plan gets one fine-tune. "
          "Drops are test-accuracy points against the shared baseline "
          f"({r['baseline']['test']:.2f}% test); mean ± std over seeds. "
          f"Plot: `benchmarks/results/quality_{model}_pareto.png`.\n")
-  yield ("| method | seeds | test drop (pt) | honest compression | paper metric | wall s |\n"
-         "|---|---|---|---|---|---|")
-  for m in r["summary"]:
-    yield (f"| {m['method']} | {m['seeds']} | {m['drop_mean']:.2f} ± {m['drop_std']:.2f} | "
-           f"{m['ratio_mean']:.2f}x ± {m['ratio_std']:.2f} | {m['paper_ratio_mean']:.2f}x | {m['wall_s_mean']:.0f} |")
-  yield ""
+  table = (RESULTS / f"quality_{model}.md").read_text().split("\n", 2)[2]   # the bench's own table
+  yield table
 
 
 def section_growth(r):

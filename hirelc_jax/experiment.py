@@ -221,8 +221,10 @@ def cycle_goal(config: Config, records: list) -> Config:
   """The config with this cycle's compression goal: the user's target, raised to
   `search.escalate` times the best ratio that has met the accuracy target so far
   (the result is the most compressed plan within the drop, so the search keeps
-  pushing once the target is reached)."""
+  pushing once the target is reached). `search.escalate=1` keeps the user's goal."""
   goal = config.goal
+  if config.search.escalate == 1.0:
+    return config
   met = [r["compression_ratio"] for r in records if r["accuracy_drop_val"] <= goal.target_accuracy_drop]
   target = max([goal.target_compression] + [config.search.escalate * r for r in met])
   return dataclasses.replace(config, goal=dataclasses.replace(goal, target_compression=target))
