@@ -47,9 +47,9 @@ SEARCHES = {"hirelc": {}, "hirelc_surrogate": {"search.signal": "surrogate"},
             "lla_only": {"search.high_level": "false"}, "hirelc_unscreened": UNSCREENED,
             "hirelc_surrogate_unscreened": {"search.signal": "surrogate", **UNSCREENED},
             "lla_only_unscreened": {"search.high_level": "false", **UNSCREENED}}
-METHODS = ("hirelc", "uniform_INT3", "uniform_INT4", "greedy", "random", "lla_only",
-           "hirelc_surrogate", "hirelc_fixed_goal", "hirelc_unscreened", "lla_only_unscreened", "hirelc_surrogate_unscreened") + tuple(f"uniform_{label}" for label, _, _ in evaluation.UNIFORM_BASELINES
-                                       if label not in ("INT3", "INT4"))
+METHODS = ("hirelc", "uniform_INT3", "uniform_INT4", "greedy", "random", "lla_only", "hirelc_surrogate",
+           "hirelc_fixed_goal", "hirelc_unscreened", "lla_only_unscreened", "hirelc_surrogate_unscreened") \
+    + tuple(f"uniform_{label}" for label, _, _ in evaluation.UNIFORM_BASELINES if label not in ("INT3", "INT4"))
 
 
 def greedy_path(table: error_table.ErrorTable, kmap, min_bits: int) -> list:
@@ -104,10 +104,11 @@ def finetune_candidates(setup, plans, accs, base, seed, count):
 def run_method(method, setup, table, base, seed, cfg):
   """One method, one seed: a result row."""
   t0 = time.perf_counter()
-  c = cfg.search
-  evals = c.warmup_samples + len(evaluation.UNIFORM_BASELINES) + c.cycles * c.screen
+  real_evals = lambda s: s.warmup_samples + len(evaluation.UNIFORM_BASELINES) + s.cycles * s.screen
+  c, evals = cfg.search, real_evals(cfg.search)
   if method in SEARCHES:
     config = config_io.override(cfg, {"seed": str(seed), **SEARCHES[method]})
+    evals = real_evals(config.search)
     with tempfile.TemporaryDirectory() as out:
       report = experiment.run(config, pathlib.Path(out) / "run", quiet=True, echo=None,
                               setup=dataclasses.replace(setup, config=config))
@@ -210,7 +211,11 @@ def main() -> None:
   name = args.results or f"quality_{args.model}"
   path = common.RESULTS / f"{name}.json"
   if args.merge:
-    merge(path, [common.RESULTS / f"{m}.json" for m in args.merge])
+    shards = [common.RESULTS / f"{m}.json" for m in args.merge]
+    missing = [str(p) for p in [path, *shards] if not p.exists()]
+    if missing:
+      raise SystemExit(f"no results file {missing[0]}; name files in benchmarks/results without .json")
+    merge(path, shards)
     return
   experiment.enable_compilation_cache()
   setup = evaluation.prepare(cfg, quiet=True, log=print)

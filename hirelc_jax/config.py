@@ -128,9 +128,9 @@ class Config:
     if self.search.cycles < 1:
       raise ValueError(f"search.cycles={self.search.cycles} must be at least 1")
     if self.search.screen < 1:
-      raise ValueError(f"search.screen={self.search.screen} must be at least 1 (1 fine-tunes the vote unscreened)")
+      raise ValueError(f"search.screen={self.search.screen} must be at least 1 (1: fine-tune the vote)")
     if not self.search.escalate >= 1.0:
-      raise ValueError(f"search.escalate={self.search.escalate} must be >= 1 (1 keeps the compression goal fixed)")
+      raise ValueError(f"search.escalate={self.search.escalate} must be >= 1 (1: a fixed compression goal)")
     if self.search.signal not in SIGNALS:
       raise ValueError(f"search.signal={self.search.signal!r}; use one of {', '.join(SIGNALS)}")
     return self

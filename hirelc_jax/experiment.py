@@ -22,7 +22,7 @@ from hirelc_jax.agents import budget_env, error_table, kernel_env, proxies
 from hirelc_jax.agents.sensitivity import estimate_sensitivity
 from hirelc_jax.agents.surrogate import SurrogateConfig, encode_plan, make_surrogate, num_features
 from hirelc_jax.compression import accounting
-from hirelc_jax.compression.plan import CompressionPlan, stack_plans
+from hirelc_jax.compression.plan import CompressionPlan
 from hirelc_jax.config import Config
 from hirelc_jax.evaluation import (Setup, _loss_fn, accuracy, finetune, make_error_table,
                                    plan_accuracies, plan_metrics, prepare, uniform_plans)
@@ -135,7 +135,8 @@ def summarize(plan: CompressionPlan, kmap) -> dict:
 
 def run_cycle(search_: Search, state: SearchState, cycle: int, base: dict, key,
               log: EventLog, quiet: bool) -> tuple[SearchState, dict]:
-  """One cycle: HLA budgets, LLA plan, QAT fine-tune, real evaluation, surrogate update."""
+  """One cycle: HLA budgets, LLA candidates screened for real, QAT fine-tune of the pick,
+  surrogate update."""
   setup = search_.setup
   config = cycle_goal(search_.config, state.records)
   times, t0 = {}, time.perf_counter()
@@ -202,16 +203,18 @@ def run_cycle(search_: Search, state: SearchState, cycle: int, base: dict, key,
             "budget_max_prune": np.asarray(budgets.max_prune).tolist(),
             "strategies": [budget_env.STRATEGIES[i] for i in np.asarray(budgets.strategy)],
             "plan_summary": summarize(plan, setup.kmap),
-            "plan_arrays": {f: np.asarray(getattr(plan, f)).tolist() for f in ("bits", "keep", "fmt", "gran")}, "agent_reward": {"hla": hla_reward, "lla": lla_reward},
+            "plan_arrays": {f: np.asarray(getattr(plan, f)).tolist() for f in ("bits", "keep", "fmt", "gran")},
+            "agent_reward": {"hla": hla_reward, "lla": lla_reward},
             "times": times}
   log("cycle", **record, message=(
       f"cycle {cycle + 1}: val {val_acc:.2f}% (pre-fine-tune {pre_acc:.2f}%), "
       f"compression {record['compression_ratio']:.2f}x honest / {record['paper_compression_ratio']:.2f}x paper"))
+  label = f"C{cycle + 1}"
   evaluated = state.evaluated + [
-      {"kind": "cycle" if j == pick else "screened", "label": f"C{cycle + 1}" if j == pick else "",
+      {"kind": "cycle" if j == pick else "screened", "label": label if j == pick else "",
        "compression_ratio": float(r), "accuracy": float(a), "stage": "pre_finetune",
        "error": None if np.isnan(e) else float(e)} for j, (r, a, e) in enumerate(zip(ratios, accs, errors))]
-  evaluated.append({"kind": "cycle", "label": f"C{cycle + 1}", "compression_ratio": record["compression_ratio"],
+  evaluated.append({"kind": "cycle", "label": label, "compression_ratio": record["compression_ratio"],
                     "accuracy": val_acc, "stage": "finetuned"})
   new = SearchState(hla, lla, sur, plan, state.records + [record], evaluated, recovery)
   return new, tuned
@@ -234,21 +237,18 @@ def screen(search_: Search, state: SearchState, candidates: CompressionPlan, bas
   """Evaluates `search.screen` of the candidates for real and picks the one to fine-tune.
 
   Returns (screened plans [S, B, K], their accuracies [S], honest ratios [S],
-  the index of the pick). With screen=1 the vote (candidate 0) is taken as is.
+  the index of the pick). With screen=1 only the vote (candidate 0) is evaluated and taken.
   """
   config = search_.config
   limit = config.goal.target_accuracy_drop / state.recovery   # pre-fine-tune drop a fine-tune recovers
   ratios = np.asarray(search_.ratios(candidates))
-  if config.search.screen == 1:
-    idx = np.zeros(1, np.int64)
-  else:
-    keys = np.stack([candidates.bits, candidates.keep, candidates.fmt, candidates.gran], 1)
-    predicted = search_.errors(candidates) * search_.points_per_error(state, baseline_eval)
-    idx = screening.pick_for_evaluation(ratios, predicted, limit, config.search.screen,
-                                        screening.unique_rows(keys))
+  keys = np.stack([candidates.bits, candidates.keep, candidates.fmt, candidates.gran], 1)
+  predicted = search_.errors(candidates) * search_.points_per_error(state, baseline_eval)
+  idx = screening.pick_for_evaluation(ratios, predicted, limit, config.search.screen,
+                                      screening.unique_rows(keys))
   screened = jax.tree.map(lambda a: a[idx], candidates)
   accs = plan_accuracies(search_.setup, screened)
-  pick = screening.pick_for_finetune(ratios[idx], baseline_eval - accs, limit) if len(idx) > 1 else 0
+  pick = screening.pick_for_finetune(ratios[idx], baseline_eval - accs, limit)
   return screened, accs, ratios[idx], pick
 
 

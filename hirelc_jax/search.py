@@ -99,7 +99,8 @@ class EnsembleTrainer:
                      deterministic=deterministic)
 
     def sampled(runner, params, salts):  # [S] salts -> actions [S, ..., M, D]
-      return jax.vmap(lambda s: batched(lambda r, p: policy_action(r, p, s, False))(params)(runner, params))(salts)
+      draw = lambda salt: batched(lambda r, p: policy_action(r, p, salt, False))(params)(runner, params)
+      return jax.vmap(draw)(salts)
 
     self._init = {a: jax.jit(lambda k, p, a=a: batched(self.learners[a].init)(p)(k, p))
                   for a in self.groups}
@@ -151,9 +152,9 @@ class EnsembleTrainer:
     """Each member's deterministic action at a reset observation: int32 [..., M, D]."""
     return self._gather(self._greedy, ens, params)
 
-  def sampled_actions(self, ens: Ensemble, params, count: int, salt: int = 1) -> jax.Array:
+  def sampled_actions(self, ens: Ensemble, params, count: int) -> jax.Array:
     """`count` actions sampled from each member's policy: int32 [count, ..., M, D]."""
-    salts = salt * 1000 + jnp.arange(count)
+    salts = 1 + jnp.arange(count)  # salt 0 is the greedy action's
     return self._gather(lambda r, p: self._sampled(r, p, salts), ens, params, lead=(count,))
 
   def _gather(self, fn, ens: Ensemble, params, lead=()) -> jax.Array:
@@ -251,14 +252,7 @@ def lla_params(config: Config, budgets, kmap: KernelMap, kernel_sensitivity, sig
       max_steps_in_episode=np.full((b, m), 20), signal=signal)
 
 
-def decide_plan(trainer: EnsembleTrainer, ens: Ensemble, params) -> tuple[CompressionPlan, Any]:
-  """Votes each block's members' greedy actions and decodes them into a plan [B, K]."""
-  actions = trainer.greedy_actions(ens, params)                       # [B, M, D]
-  voted = _vote_blocks(trainer, ens, actions)
-  return jax.tree.map(lambda a: a[0], decode_plans(trainer, voted[None], params)), actions
-
-
-def _vote_blocks(trainer: EnsembleTrainer, ens: Ensemble, actions) -> jax.Array:
+def vote_blocks(trainer: EnsembleTrainer, ens: Ensemble, actions) -> jax.Array:
   """[B, M, D] member actions -> [B, D] weighted vote per block."""
   nvec = tuple(trainer.env.action_space(None).nvec)
   return jax.vmap(ensemble.vote, in_axes=(0, 0, None))(actions, ens.weights, nvec)
@@ -273,18 +267,17 @@ def decode_plans(trainer: EnsembleTrainer, actions, params) -> CompressionPlan:
                          fmt=fmt.astype(jnp.int32), gran=gran.astype(jnp.int32))
 
 
-def candidate_plans(trainer: EnsembleTrainer, ens: Ensemble, params, samples: int,
-                    salt: int = 1) -> CompressionPlan:
-  """The LLA ensemble's plans for screening: [1 + M + samples * (1 + M), B, K].
+def candidate_plans(trainer: EnsembleTrainer, ens: Ensemble, params, samples: int) -> CompressionPlan:
+  """The LLA ensemble's plans for screening: [(1 + samples) * (1 + M), B, K].
 
-  Index 0 is the voted greedy plan (what `decide_plan` returns), then every
+  Index 0 is the vote of the members' greedy plans (the ensemble's decision), then every
   member's greedy plan, then for each of `samples` draws from the stochastic
   policies the vote of the draws and every member's draw.
   """
   greedy = trainer.greedy_actions(ens, params)[None]                  # [1, B, M, D]
-  drawn = trainer.sampled_actions(ens, params, samples, salt)         # [S, B, M, D]
+  drawn = trainer.sampled_actions(ens, params, samples)               # [S, B, M, D]
   actions = jnp.concatenate([greedy, drawn])                          # [1 + S, B, M, D]
-  voted = jax.vmap(lambda a: _vote_blocks(trainer, ens, a))(actions)  # [1 + S, B, D]
+  voted = jax.vmap(lambda a: vote_blocks(trainer, ens, a))(actions)   # [1 + S, B, D]
   members = jnp.moveaxis(actions, 2, 1)                               # [1 + S, M, B, D]
   rows = jnp.concatenate([voted[:, None], members], axis=1)           # [1 + S, 1 + M, B, D]
   return decode_plans(trainer, rows.reshape((-1,) + rows.shape[2:]), params)

@@ -22,7 +22,8 @@ def test_evaluation_takes_the_vote_then_spreads_over_the_feasible_upper_half():
 def test_evaluation_fills_with_the_lowest_predicted_drops_and_skips_duplicates():
   ratios = np.array([10.0, 12.0, 12.0, 9.0, 15.0])
   predicted = np.array([5.0, 4.0, 4.0, 6.0, 8.0])
-  idx = screening.pick_for_evaluation(ratios, predicted, limit=1.0, count=3, distinct=np.array([0, 1, 3, 4]))
+  idx = screening.pick_for_evaluation(ratios, predicted, limit=1.0, count=3,
+                                     distinct=np.array([0, 1, 3, 4]))
   np.testing.assert_array_equal(idx, [0, 1, 3])             # none feasible: lowest predicted (2 is a duplicate)
   assert len(screening.pick_for_evaluation(ratios, predicted, 1.0, count=1)) == 1
 

@@ -74,9 +74,10 @@ def test_candidate_plans_start_with_the_vote_then_members_then_draws(kmap):
   plans = jax.device_get(search.candidate_plans(trainer, ens, lla, samples=3))
   members = len(config.lla.algorithms)
   assert plans.bits.shape == ((1 + 3) * (1 + members), 3, 2)
-  voted, actions = search.decide_plan(trainer, ens, lla)
-  np.testing.assert_array_equal(plans.bits[0], voted.bits)
-  np.testing.assert_array_equal(plans.keep[0], voted.keep)
+  actions = trainer.greedy_actions(ens, lla)                                   # [B, M, D]
+  voted = search.decode_plans(trainer, search.vote_blocks(trainer, ens, actions)[None], lla)
+  np.testing.assert_array_equal(plans.bits[0], voted.bits[0])
+  np.testing.assert_array_equal(plans.keep[0], voted.keep[0])
   # candidate 1 + m is member m's greedy plan in every block
   own = search.decode_plans(trainer, np.moveaxis(np.asarray(actions), 1, 0), lla)
   np.testing.assert_array_equal(plans.bits[1:1 + members], own.bits)
