@@ -25,8 +25,8 @@ def plan_table(plan, kmap) -> list:
         continue
       f, g, n = int(fmt[b, k]), int(gran[b, k]), int(bits[b, k])
       quantized = n != codes.FP32_BITS
-      label = "fp32" if not quantized else (
-          f"int{n}" if f == codes.INT or g == codes.LOG else format_name(f, n))
+      label = "fp32" if not quantized else (  # log codes are signed powers of two: format unused
+          f"log{n}" if g == codes.LOG else f"int{n}" if f == codes.INT else format_name(f, n))
       row.append({"name": name, "bits": n, "format": codes.FORMATS[f], "format_name": label,
                   "granularity": codes.GRANULARITIES[g], "keep_ratio": round(float(keep[b, k]), 4)})
     blocks.append(row)

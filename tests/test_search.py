@@ -98,3 +98,16 @@ def test_cycle_goal_rises_above_the_best_plan_that_met_the_target():
   fixed = C.override(config, {"search.escalate": "1"})
   assert cycle_goal(fixed, records).goal.target_compression == 10.0
   assert config.goal.target_compression == 10.0                           # no mutation
+
+
+def test_plan_table_names_each_kernel_as_export_does(kmap):
+  """report.json's format_name: int codes intN, minifloats by ml_dtypes name, log codes logN
+  whatever the (unused) format field says, unquantized kernels fp32."""
+  from hirelc_jax.compression.plan import uniform_plan
+  from hirelc_jax.finalize import plan_table
+  plan = uniform_plan(*kmap.plan_shape, bits=4, fmt="int", gran="per_channel")
+  plan = plan.replace(bits=np.array([[4, 8], [5, 32], [6, 4]], np.int32),
+                      fmt=np.array([[0, 1], [1, 0], [1, 1]], np.int32),
+                      gran=np.array([[2, 2], [codes.LOG, 2], [2, 0]], np.int32))
+  names = [[k["format_name"] for k in row] for row in plan_table(plan, kmap)]
+  assert names == [["int4", "e4m3"], ["log5", "fp32"], ["e2m3", "e2m1"]]
