@@ -82,17 +82,32 @@ def section_agents(r):
 def section_runs(rows):
   yield "## Whole runs (issue 5)\n"
   yield "`python -m hirelc_jax.run ...`; numbers from each run's report.json, copied by `benchmarks/record_run.py`.\n"
-  yield ("| command | baseline test % | final test % | drop pt | compression (honest) | paper metric | wall s | phases s | machine |\n"
-         "|---|---|---|---|---|---|---|---|---|")
+  yield ("| command | schedule | baseline test % | final test % | drop pt | compression (honest) | paper metric | "
+         "wall s | phases s | machine |\n|---|---|---|---|---|---|---|---|---|---|")
   notes = []
   for r in rows:
     phases = ", ".join(f"{k} {v:.0f}" for k, v in r["phase_times_s"].items())
     if r.get("note"):
       notes.append(f"- `{r['command']}`: {r['note']}")
-    yield (f"| `{r['command']}` | {r['baseline_accuracy']:.2f} | {r['final_accuracy']:.2f} | {r['accuracy_drop']:.2f} | "
+    yield (f"| `{r['command']}` | {r['schedule']} | {r['baseline_accuracy']:.2f} | {r['final_accuracy']:.2f} | {r['accuracy_drop']:.2f} | "
            f"{r['compression_ratio']:.2f}x | {r['paper_compression_ratio']:.2f}x | {r['wall_time_s']:.0f} | {phases} | {machine(r)} |")
   yield ""
   yield from notes
+  yield ""
+  for r in rows:
+    yield from cycle_breakdown(r)
+
+
+def cycle_breakdown(r):
+  """Where each search cycle of one run spent its time (cycle 1 includes compiling the agents)."""
+  yield f"Cycle by cycle, `{r['command']}`:\n"
+  yield ("| cycle | HLA s | LLA s | eval s | fine-tune s | surrogate s | total s | compression | val % |\n"
+         "|---|---|---|---|---|---|---|---|---|")
+  for c in r["cycles"]:
+    t = c["times"]
+    yield (f"| {c['cycle']} | {t['hla_s']:.1f} | {t['lla_s']:.1f} | {t['eval_s']:.1f} | {t['finetune_s']:.1f} | "
+           f"{t['surrogate_s']:.2f} | {sum(t.values()):.1f} | {c['compression_ratio']:.2f}x | "
+           f"{c['val_accuracy']:.2f} |")
   yield ""
 
 
