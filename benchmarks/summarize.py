@@ -100,7 +100,7 @@ def section_runs(rows):
 
 def cycle_breakdown(r):
   """Where each search cycle of one run spent its time (cycle 1 includes compiling the agents)."""
-  yield f"Cycle by cycle, `{r['command']}`:\n"
+  yield f"Cycle by cycle, `{r['command']}` (cycle 1 includes compiling the agents):\n"
   yield ("| cycle | HLA s | LLA s | eval s | fine-tune s | surrogate s | total s | compression | val % |\n"
          "|---|---|---|---|---|---|---|---|---|")
   for c in r["cycles"]:
