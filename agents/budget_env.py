@@ -6,9 +6,11 @@ for each of the N blocks, a compression level 0..4 and a strategy 0..2
 `Budgets` with the original's tables (§3.3):
 
 * sensitivity shift: s > 0.7 -> level - 1, s < 0.3 -> level + 1, clipped to 0..4;
-* target ratio `TARGET_RATIO[level]`, max pruning `min(MAX_PRUNE[level], goal)`,
-  min bits `max(params.min_bits_table[level], goal)` (the table defaults to the
-  original's `MIN_BITS`; `MIN_BITS_WIDE` reaches our 2-bit floor), accuracy
+* target ratio `TARGET_RATIO[level]`, max pruning `min(MAX_PRUNE[f], goal)`,
+  min bits `max(params.min_bits_table[f], goal)` at the floor level
+  f = clip(level + params.floor_shift, 0, 4) (shift 0 is the original; the search
+  raises it when it raises the goal; the table defaults to the original's
+  `MIN_BITS`; `MIN_BITS_WIDE` reaches our 2-bit floor), accuracy
   allowance 0.5 / 1.0 / 2.0 points for s > 0.7 / 0.5 < s <= 0.7 / s <= 0.5,
   priority = s.
 
@@ -106,6 +108,8 @@ class EnvParams:
     goal_min_bits: int32 global minimum bits, 2..8 (3).
     goal_max_prune: float32 global maximum pruned fraction (0.6).
     min_bits_table: int32 `[5]` min bits per level (`MIN_BITS`).
+    floor_shift: int32 levels added to a block's level when its floors (min bits,
+      max pruning) are looked up (0); the target ratio keeps the block's level.
     last_acc_drop: float32 D_prev, accuracy drop of the last cycle (0).
     last_compression: float32 C_prev, storage fraction of the last cycle (1).
     cycle_progress: float32 cycle / num_cycles in [0, 1].
@@ -119,6 +123,7 @@ class EnvParams:
   goal_min_bits: jax.Array
   goal_max_prune: jax.Array
   min_bits_table: jax.Array
+  floor_shift: jax.Array
   last_acc_drop: jax.Array
   last_compression: jax.Array
   cycle_progress: jax.Array
@@ -130,19 +135,20 @@ class EnvParams:
   max_steps_in_episode: jax.Array
 
 
-_INT_FIELDS = ("goal_min_bits", "min_bits_table", "max_steps_in_episode")
+_INT_FIELDS = ("goal_min_bits", "min_bits_table", "floor_shift", "max_steps_in_episode")
 
 
 def budget_params(num_blocks: int, *, sensitivity=None, goal_target_ratio=0.25,
                   goal_acc_drop=1.0, goal_min_bits=3, goal_max_prune=0.6,
-                  min_bits_table=MIN_BITS, last_acc_drop=0.0, last_compression=1.0,
+                  min_bits_table=MIN_BITS, floor_shift=0, last_acc_drop=0.0, last_compression=1.0,
                   cycle_progress=0.0, w_balance=10.0, w_sens=1.0, w_comp=50.0, w_dyn=1.0,
                   reward_scale=DEFAULT_REWARD_SCALE, max_steps_in_episode=10) -> EnvParams:
   """Builds `EnvParams` with fixed dtypes (sensitivity defaults to 0.5 everywhere).
 
   Raises:
     ValueError: on a sensitivity of the wrong length, a table that is not 5
-      long, goal_min_bits outside 2..8 or a non-positive reward_scale.
+      long, goal_min_bits outside 2..8, floor_shift outside 0..4 or a
+      non-positive reward_scale.
   """
   sens = np.full((num_blocks,), 0.5) if sensitivity is None else np.asarray(sensitivity)
   if sens.shape != (num_blocks,):
@@ -151,11 +157,14 @@ def budget_params(num_blocks: int, *, sensitivity=None, goal_target_ratio=0.25,
     raise ValueError(f"min_bits_table must have {NUM_LEVELS} entries, got {min_bits_table!r}")
   if not 2 <= int(goal_min_bits) <= 8:
     raise ValueError(f"goal_min_bits={goal_min_bits} is out of range; use 2..8")
+  if not 0 <= int(floor_shift) < NUM_LEVELS:
+    raise ValueError(f"floor_shift={floor_shift} is out of range; use 0..{NUM_LEVELS - 1}")
   if float(reward_scale) <= 0:
     raise ValueError(f"reward_scale must be positive, got {reward_scale}")
   values = dict(sensitivity=sens, goal_target_ratio=goal_target_ratio,
                 goal_acc_drop=goal_acc_drop, goal_min_bits=goal_min_bits,
                 goal_max_prune=goal_max_prune, min_bits_table=min_bits_table,
+                floor_shift=floor_shift,
                 last_acc_drop=last_acc_drop, last_compression=last_compression,
                 cycle_progress=cycle_progress, w_balance=w_balance, w_sens=w_sens,
                 w_comp=w_comp, w_dyn=w_dyn, reward_scale=reward_scale,
@@ -193,11 +202,12 @@ def decode_budgets(action: jax.Array, sensitivity: jax.Array, params: EnvParams)
   action = jnp.asarray(action, jnp.int32).reshape(-1, 2)
   s = jnp.asarray(sensitivity, jnp.float32)
   level = shifted_level(jnp.clip(action[:, 0], 0, NUM_LEVELS - 1), s)
+  floor = jnp.clip(level + params.floor_shift, 0, NUM_LEVELS - 1)
   band = (s > MID_SENS).astype(jnp.int32) + (s > HIGH_SENS).astype(jnp.int32)
   return Budgets(
       target_ratio=jnp.take(jnp.asarray(TARGET_RATIO, jnp.float32), level),
-      min_bits=jnp.maximum(jnp.take(params.min_bits_table, level), params.goal_min_bits),
-      max_prune=jnp.minimum(jnp.take(jnp.asarray(MAX_PRUNE, jnp.float32), level),
+      min_bits=jnp.maximum(jnp.take(params.min_bits_table, floor), params.goal_min_bits),
+      max_prune=jnp.minimum(jnp.take(jnp.asarray(MAX_PRUNE, jnp.float32), floor),
                             params.goal_max_prune),
       max_acc_drop=jnp.take(jnp.asarray(ACC_ALLOWANCE, jnp.float32), band),
       priority=s,

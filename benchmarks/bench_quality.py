@@ -9,7 +9,8 @@ drives the search and the fine-tuning order. Budgets are equal: the searches
 (HiReLC and its ablations, random, greedy) get the same number of real
 pre-fine-tune evaluations (warm-up samples + 7 uniform plans + the screened
 candidates of every cycle: 20 + 7 + 4 x 4 = 43 by default; the unscreened
-variants, as the search was before screening and goal escalation, 32 + 7 + 4 x 1)
+variants, as the search was before screening and goal escalation, 32 + 7 + 4 x 1;
+the fixed-floor variants, as it was before a raised goal loosened the HLA's floors, 43)
 and the same number of QAT fine-tunes (one per cycle, the config's schedule);
 a uniform plan gets one fine-tune. The chosen plan is the most compressed
 fine-tuned one within the accuracy target on validation (else the most
@@ -42,13 +43,16 @@ from hirelc_jax.compression import codes  # noqa: E402
 from hirelc_jax.compression.plan import stack_plans, uniform_plan  # noqa: E402
 
 UNSCREENED = {"search.screen": "1", "search.warmup_samples": "32", "search.escalate": "1"}  # as before
+FIXED_FLOORS = {"search.escalate_floors": "false"}   # as before the floors followed the goal
 SEARCHES = {"hirelc": {}, "hirelc_surrogate": {"search.signal": "surrogate"},
+            "hirelc_fixed_floors": FIXED_FLOORS,
+            "hirelc_surrogate_fixed_floors": {"search.signal": "surrogate", **FIXED_FLOORS},
             "hirelc_fixed_goal": {"search.escalate": "1"},
             "lla_only": {"search.high_level": "false"}, "hirelc_unscreened": UNSCREENED,
             "hirelc_surrogate_unscreened": {"search.signal": "surrogate", **UNSCREENED},
             "lla_only_unscreened": {"search.high_level": "false", **UNSCREENED}}
 METHODS = ("hirelc", "uniform_INT3", "uniform_INT4", "greedy", "random", "lla_only", "hirelc_surrogate",
-           "hirelc_fixed_goal", "hirelc_unscreened", "lla_only_unscreened", "hirelc_surrogate_unscreened") \
+           "hirelc_fixed_floors", "hirelc_surrogate_fixed_floors", "hirelc_fixed_goal", "hirelc_unscreened", "lla_only_unscreened", "hirelc_surrogate_unscreened") \
     + tuple(f"uniform_{label}" for label, _, _ in evaluation.UNIFORM_BASELINES if label not in ("INT3", "INT4"))
 
 

@@ -73,6 +73,7 @@ class SearchConfig:
   warmup_samples: int = 20           # random plans evaluated for real before the cycles
   screen: int = 4                    # LLA candidates evaluated for real per cycle (1: fine-tune the vote)
   escalate: float = 1.25             # later cycles aim this much above a plan that met the target (1: fixed)
+  escalate_floors: bool = True       # a raised goal also loosens the HLA's per-block floors, a level per doubling
   eval_samples: int = 2000           # validation examples for warm-up and candidate scoring
   signal: str = "error_table"        # LLA accuracy signal: error_table | surrogate | proxy
   high_level: bool = True            # False: no HLA, every block gets the goal's budget

@@ -141,8 +141,9 @@ def run_cycle(search_: Search, state: SearchState, cycle: int, base: dict, key,
   config = cycle_goal(search_.config, state.records)
   times, t0 = {}, time.perf_counter()
   last = state.records[-1] if state.records else None
+  shift = search.floor_shift(search_.config, config)
   hla_params = search.hla_params(
-      config, search_.block_sensitivity,
+      config, search_.block_sensitivity, shift=shift,
       last_acc_drop=last["accuracy_drop_val"] if last else 0.0,
       last_ratio=1.0 / last["compression_ratio"] if last else None,
       progress=cycle / config.search.cycles)
@@ -191,7 +192,7 @@ def run_cycle(search_: Search, state: SearchState, cycle: int, base: dict, key,
   recovery = float(np.mean(observed)) if observed else state.recovery
   times["surrogate_s"] = time.perf_counter() - t0
 
-  record = {"cycle": cycle + 1, "goal_compression": config.goal.target_compression,
+  record = {"cycle": cycle + 1, "goal_compression": config.goal.target_compression, "floor_shift": shift,
             "val_accuracy": val_acc, "pre_finetune_accuracy": pre_acc,
             "predicted_accuracy": predicted if bool(search_.surrogate.ready(state.surrogate)) else None,
             "table_predicted_drop": None if np.isnan(error) else error * ppe,

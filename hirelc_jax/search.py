@@ -7,7 +7,10 @@ call per algorithm (PPO members and A2C members differ in static structure).
 
 Units: the HLA acts in the original's table units (target ratio 0.15-0.35 with
 the goal at 0.25). Its decoded ratios are rescaled so that level 2 equals the
-goal's storage fraction 1/target_compression before they reach the LLA.
+goal's storage fraction 1/target_compression before they reach the LLA. When a
+cycle's goal is raised above the user's (`search.escalate`), the blocks' floors
+(min bits, max pruning) are looked up that many levels higher (`floor_shift`),
+or the raised goal could not be reached: the LLA already sits on its floors.
 """
 
 from __future__ import annotations
@@ -183,11 +186,21 @@ def goal_fraction(config: Config) -> float:
   return 1.0 / config.goal.target_compression
 
 
-def hla_params(config: Config, sensitivity, *, last_acc_drop=0.0, last_ratio=None,
+def floor_shift(config: Config, cycle_config: Config) -> int:
+  """Levels the HLA's floors move up this cycle: one per doubling of the cycle's goal
+  over the user's, rounded (0 with `search.escalate_floors=False`), at most 4."""
+  if not config.search.escalate_floors:
+    return 0
+  raised = cycle_config.goal.target_compression / config.goal.target_compression
+  return int(np.clip(np.floor(np.log2(raised) + 0.5), 0, budget_env.NUM_LEVELS - 1))
+
+
+def hla_params(config: Config, sensitivity, *, shift=0, last_acc_drop=0.0, last_ratio=None,
                progress=0.0) -> budget_env.EnvParams:
   """HLA env params for every member [M]; members differ in their compression weight.
 
-  last_ratio is the last cycle's honest storage fraction, rescaled to table units.
+  shift is the `floor_shift`; last_ratio the last cycle's honest storage fraction,
+  rescaled to table units.
   """
   goal = config.goal
   table = budget_env.MIN_BITS_WIDE if goal.min_bits < 4 else budget_env.MIN_BITS
@@ -195,7 +208,7 @@ def hla_params(config: Config, sensitivity, *, last_acc_drop=0.0, last_ratio=Non
   members = [budget_env.budget_params(
       len(sensitivity), sensitivity=np.asarray(sensitivity), goal_target_ratio=TABLE_GOAL,
       goal_acc_drop=goal.target_accuracy_drop, goal_min_bits=goal.min_bits,
-      goal_max_prune=goal.max_prune, min_bits_table=table, last_acc_drop=last_acc_drop,
+      goal_max_prune=goal.max_prune, min_bits_table=table, floor_shift=shift, last_acc_drop=last_acc_drop,
       last_compression=min(last, 1.0), cycle_progress=progress, w_comp=50.0 * beta)
       for beta in config.hla.betas]
   return stack_params(members)

@@ -100,6 +100,17 @@ def test_cycle_goal_rises_above_the_best_plan_that_met_the_target():
   assert config.goal.target_compression == 10.0                           # no mutation
 
 
+def test_floor_shift_is_one_level_per_doubling_of_the_goal():
+  config = C.override(C.Config(), {"goal.target_compression": "10"})
+  raised = lambda r: C.override(config, {"goal.target_compression": str(r)})
+  shifts = [search.floor_shift(config, raised(r)) for r in (10, 14, 14.5, 20, 28, 29, 1000)]
+  assert shifts == [0, 0, 1, 1, 1, 2, 4]                  # log2 rounded: 0.49, 0.54, 1.49, 1.54
+  fixed = C.override(config, {"search.escalate_floors": "false"})
+  assert search.floor_shift(fixed, raised(40)) == 0
+  params = search.hla_params(raised(20), np.full(3, 0.5), shift=search.floor_shift(config, raised(20)))
+  np.testing.assert_array_equal(params.floor_shift, [1, 1, 1])         # one per HLA member
+
+
 def test_plan_table_names_each_kernel_as_export_does(kmap):
   """report.json's format_name: int codes intN, minifloats by ml_dtypes name, log codes logN
   whatever the (unused) format field says, unquantized kernels fp32."""

@@ -71,6 +71,22 @@ def test_wide_min_bits_table_and_goal_reach_two_bits():
     be.budget_params(5, goal_min_bits=1)
 
 
+def test_floor_shift_loosens_floors_but_keeps_each_target():
+  """Shift k looks the floors up k levels higher (clipped at 4); targets, allowances stay."""
+  s = np.full((5,), 0.5, np.float32)
+  plain = be.budget_params(5, sensitivity=s, goal_min_bits=2, goal_max_prune=0.8,
+                           min_bits_table=be.MIN_BITS_WIDE)
+  shifted = be.budget_params(5, sensitivity=s, goal_min_bits=2, goal_max_prune=0.8,
+                             min_bits_table=be.MIN_BITS_WIDE, floor_shift=1)
+  a, b = (jax.jit(be.decode_budgets)(_action(list(range(5))), s, p) for p in (plain, shifted))
+  np.testing.assert_array_equal(b.min_bits, [5, 4, 3, 2, 2])
+  np.testing.assert_allclose(b.max_prune, [0.3, 0.4, 0.6, 0.8, 0.8])
+  np.testing.assert_array_equal(b.target_ratio, a.target_ratio)
+  np.testing.assert_array_equal(b.max_acc_drop, a.max_acc_drop)
+  with pytest.raises(ValueError, match="floor_shift=5"):
+    be.budget_params(5, floor_shift=5)
+
+
 def test_reward_terms_on_a_hand_computed_case():
   s = np.array([0.8, 0.1, 0.5], np.float32)
   c = jnp.array([0.35, 0.15, 0.25])
