@@ -213,7 +213,7 @@ def _cycles_section(r: Mapping) -> list[str]:
   cycles = r.get("cycles") or []
   if not cycles:
     return ["## Cycles", "", NA]
-  header = ("Cycle", "Goal", "Screened", "Val acc %", "Pre-FT acc %", "Surrogate pred. %", "Val drop pt",
+  header = ("Cycle", "Goal", "Floor shift", "Screened", "Val acc %", "Pre-FT acc %", "Surrogate pred. %", "Val drop pt",
             "Compression", "HiReLC metric") + tuple(t for _, t in TIME_KEYS)
   rows = []
   for c in cycles:
@@ -222,7 +222,7 @@ def _cycles_section(r: Mapping) -> list[str]:
     drop = c.get("accuracy_drop", c.get("accuracy_drop_val"))
     screened = c.get("screened") or {}
     rows.append((_text(c.get("cycle")) + (" (best)" if best else ""),
-                 fmt(c.get("goal_compression"), ".1f", "×"),
+                 fmt(c.get("goal_compression"), ".1f", "×"), _text(c.get("floor_shift")),
                  _text(len(screened.get("compression_ratio", [])) or None), fmt(c.get("val_accuracy")),
                  fmt(c.get("pre_finetune_accuracy")), fmt(c.get("predicted_accuracy")), fmt(drop),
                  fmt(c.get("compression_ratio"), ".2f", "×"),

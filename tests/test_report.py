@@ -30,7 +30,7 @@ def fake_report():
   for c, (val, pre, pred, cr, pcr) in enumerate([(87.4, 79.3, 81.0, 8.7, 10.2),
                                                  (87.9, 80.1, 80.6, 10.3, 11.9)], start=1):
     cycles.append({
-        "cycle": c, "goal_compression": 10.0 * c,
+        "cycle": c, "goal_compression": 10.0 * c, "floor_shift": c - 1,
         "screened": {"compression_ratio": [cr, cr + 1, cr + 2], "pre_finetune_accuracy": [pre, 70.0, 60.0]},
         "val_accuracy": val, "pre_finetune_accuracy": pre, "predicted_accuracy": pred,
         "compression_ratio": cr, "paper_compression_ratio": pcr, "accuracy_drop": 88.4 - val,
@@ -92,7 +92,7 @@ def test_markdown_tables():
   assert len(rows) == 1 + 2 * 4  # header + one per (block, kernel)
   assert sum("| mlp_fc1 |" in r for r in rows) == 2 and "| e2m3 |" in md and "| fp32 |" in md
   cycles = [l for l in _section(md, "Cycles").splitlines() if l.startswith("| ")]
-  assert any(r.startswith("| 2 (best) | 20.0× | 3 | 87.90 | 80.10 | 80.60 |") for r in cycles)
+  assert any(r.startswith("| 2 (best) | 20.0× | 1 | 3 | 87.90 | 80.10 | 80.60 |") for r in cycles)
   strategy = _section(md, "Strategy distribution")
   assert "| Strategy | quantized only | 2 | 25 % |" in strategy
   assert "| Strategy | pruned only | 1 |" in strategy and "| Strategy | both | 4 |" in strategy
