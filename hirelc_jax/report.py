@@ -213,8 +213,8 @@ def _cycles_section(r: Mapping) -> list[str]:
   cycles = r.get("cycles") or []
   if not cycles:
     return ["## Cycles", "", NA]
-  header = ("Cycle", "Goal", "Floor shift", "Screened", "Val acc %", "Pre-FT acc %", "Surrogate pred. %", "Val drop pt",
-            "Compression", "HiReLC metric") + tuple(t for _, t in TIME_KEYS)
+  header = ("Cycle", "Goal", "Floor shift", "Screened", "Val acc %", "Pre-FT acc %", "Surrogate pred. %",
+            "Val drop pt", "Compression", "HiReLC metric") + tuple(t for _, t in TIME_KEYS)
   rows = []
   for c in cycles:
     times = c.get("times") or {}
