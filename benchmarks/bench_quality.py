@@ -54,6 +54,9 @@ SEARCHES = {"hirelc": {}, "hirelc_surrogate": {"search.signal": "surrogate"},
 METHODS = ("hirelc", "uniform_INT3", "uniform_INT4", "greedy", "random", "lla_only", "hirelc_surrogate",
            "hirelc_fixed_floors", "hirelc_surrogate_fixed_floors", "hirelc_fixed_goal", "hirelc_unscreened", "lla_only_unscreened", "hirelc_surrogate_unscreened") \
     + tuple(f"uniform_{label}" for label, _, _ in evaluation.UNIFORM_BASELINES if label not in ("INT3", "INT4"))
+# Rows of a search as it was at an earlier commit (the row's "commit"), kept for before/after; not rerunnable.
+RECORDED = ("hirelc_floors_full_val",)   # floors followed the goal; selection on the validation set the
+                                         # fine-tunes early-stopped on (before hold_out_selection)
 
 
 def greedy_path(table: error_table.ErrorTable, kmap, min_bits: int) -> list:
@@ -147,7 +150,7 @@ def run_method(method, setup, table, base, seed, cfg):
 
 def summarize(rows, base_test) -> list[dict]:
   out = []
-  for method in METHODS:
+  for method in METHODS + RECORDED:
     mine = [r for r in rows if r["method"] == method]
     if not mine:
       continue
@@ -169,6 +172,8 @@ def markdown(summary, base_test, machine) -> str:
     lines.append(f"| {s['method']} | {s['seeds']} | {s['drop_mean']:.2f} ± {s['drop_std']:.2f} | "
                  f"{s['ratio_mean']:.2f}x ± {s['ratio_std']:.2f} | {s['paper_ratio_mean']:.2f}x | "
                  f"{s['wall_s_mean']:.0f}{'*' if s['shared_cpu'] else ''} |")
+  lines += ["", "Search rows measured before the search held out half of validation for choosing its cycle "
+            "carry no commit; they chose on the validation set their fine-tunes early-stopped on."]
   if any(s["shared_cpu"] for s in summary):
     lines += ["", "\\* some of these runs shared the 2 cores with another benchmark, so their wall time is "
               "inflated; accuracies and ratios do not depend on it."]
@@ -180,7 +185,7 @@ def plot(rows, base_test, path):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(9, 4.5))
-  present = [m for m in METHODS if any(r["method"] == m for r in rows)]
+  present = [m for m in METHODS + RECORDED if any(r["method"] == m for r in rows)]
   for i, method in enumerate(present):
     mine = [r for r in rows if r["method"] == method]
     marker = "*" if method.startswith("hirelc") else "s" if method.startswith("uniform") else "o"
@@ -235,7 +240,7 @@ def main() -> None:
       if any(r["method"] == method and r["seed"] == seed for r in rows):
         continue
       row = {"method": method, "seed": seed, **run_method(method, setup, table, base, seed, cfg),
-             **({"shared_cpu": True} if args.shared_cpu else {})}
+             "commit": common.code_version(), **({"shared_cpu": True} if args.shared_cpu else {})}
       rows.append(row)
       print(json.dumps(row), flush=True)
       summary = summarize(rows, base["test"])

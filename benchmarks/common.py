@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import platform
+import subprocess
 import time
 
 import jax
@@ -27,6 +28,14 @@ def machine() -> dict:
   return {"cpu": cpu, "cores": os.cpu_count(), "backend": jax.default_backend(),
           "device": getattr(device, "device_kind", str(device)), "jax": jax.__version__,
           "python": platform.python_version()}
+
+
+def code_version() -> str:
+  """The checkout's short commit, "-dirty" when code outside benchmarks/results differs from it."""
+  root = pathlib.Path(__file__).resolve().parent.parent
+  git = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True).stdout.strip()
+  commit = git("rev-parse", "--short", "HEAD") or "unknown"
+  return commit + ("-dirty" if git("status", "--porcelain", "--", ".", ":!benchmarks/results") else "")
 
 
 def timeit(fn, *, repeats: int = 5, min_time: float = 0.5) -> float:

@@ -87,6 +87,24 @@ def load_user_checkpoint(path: str, spec, like: dict) -> dict:
   return checkpoint.load_tree(path, like)
 
 
+def hold_out_selection(setup: Setup) -> tuple[Setup, tuple[np.ndarray, np.ndarray]]:
+  """Splits the validation set in two halves: the returned setup's data keeps the first
+  (screening, warm-up, the fine-tunes' early stopping); the second, `(x [V2, ...], y [V2])`,
+  only scores fine-tuned plans for the choice of cycle, so the reported validation drop is
+  not the best of the early-stopping scores the fine-tune already maximised.
+
+  Raises:
+    ValueError: when the validation split has fewer than 2 examples.
+  """
+  d = setup.data
+  half = len(d.y_val) // 2
+  if half < 1:
+    raise ValueError(f"the validation split has {len(d.y_val)} examples; the search needs at least 2 "
+                     f"(raise data.val_fraction or use more data)")
+  fit = dataclasses.replace(d, x_val=d.x_val[:half], y_val=d.y_val[:half])
+  return dataclasses.replace(setup, data=fit), (d.x_val[half:], d.y_val[half:])
+
+
 def accuracy(setup: Setup, variables, x, y) -> float:
   state = {k: v for k, v in variables.items() if k != "params"}
   return loop.accuracy(setup.evaluate, variables["params"], state, None, x, y,

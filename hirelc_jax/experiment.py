@@ -24,8 +24,8 @@ from hirelc_jax.agents.surrogate import SurrogateConfig, encode_plan, make_surro
 from hirelc_jax.compression import accounting
 from hirelc_jax.compression.plan import CompressionPlan
 from hirelc_jax.config import Config
-from hirelc_jax.evaluation import (Setup, _loss_fn, accuracy, finetune, make_error_table,
-                                   plan_accuracies, plan_metrics, prepare, uniform_plans)
+from hirelc_jax.evaluation import (Setup, _loss_fn, accuracy, finetune, hold_out_selection,
+                                   make_error_table, plan_accuracies, plan_metrics, prepare, uniform_plans)
 from hirelc_jax.training import baseline
 
 RECOVERY_PRIOR = 0.3  # post-fine-tune drop / pre-fine-tune drop before any cycle is measured
@@ -60,10 +60,13 @@ class SearchState:
 
 
 class Search:
-  """The agents, the surrogate and their jitted functions for one Setup."""
+  """The agents, the surrogate and their jitted functions for one Setup.
 
-  def __init__(self, setup: Setup, sensitivity, table: error_table.ErrorTable | None = None):
-    self.setup, self.config = setup, setup.config
+  `selection` (x, y) is the held-out half of validation that scores fine-tuned plans.
+  """
+
+  def __init__(self, setup: Setup, sensitivity, table: error_table.ErrorTable | None, selection):
+    self.setup, self.config, self.selection = setup, setup.config, selection
     self.table = table
     kmap = setup.kmap
     self.present = jnp.asarray(kmap.present)
@@ -178,7 +181,7 @@ def run_cycle(search_: Search, state: SearchState, cycle: int, base: dict, key,
 
   t0 = time.perf_counter()
   tuned, result = finetune(setup, plan, jax.random.fold_in(key, 3), f"cycle {cycle + 1} fine-tune", quiet)
-  val_acc = result.best_val_accuracy
+  val_acc = accuracy(setup, tuned, *search_.selection)
   times["finetune_s"] = time.perf_counter() - t0
 
   t0 = time.perf_counter()
@@ -193,7 +196,8 @@ def run_cycle(search_: Search, state: SearchState, cycle: int, base: dict, key,
   times["surrogate_s"] = time.perf_counter() - t0
 
   record = {"cycle": cycle + 1, "goal_compression": config.goal.target_compression, "floor_shift": shift,
-            "val_accuracy": val_acc, "pre_finetune_accuracy": pre_acc,
+            "val_accuracy": val_acc, "early_stopping_accuracy": result.best_val_accuracy,
+            "pre_finetune_accuracy": pre_acc,
             "predicted_accuracy": predicted if bool(search_.surrogate.ready(state.surrogate)) else None,
             "table_predicted_drop": None if np.isnan(error) else error * ppe,
             "accuracy_drop_val": post_drop, "recovery_observed": obs, **plan_metrics(setup, plan),
@@ -319,9 +323,10 @@ def run(config: Config, out_dir: pathlib.Path, *, resume: bool = False, quiet: b
   t = time.perf_counter()
   if setup is None:
     setup = prepare(config, quiet=quiet, log=lambda m: log("baseline", message=m))
+  setup, selection = hold_out_selection(setup)
   data = setup.data
   n_eval = config.search.eval_samples
-  base = {"val": accuracy(setup, setup.variables, data.x_val, data.y_val),
+  base = {"val": accuracy(setup, setup.variables, *selection),
           "eval": accuracy(setup, setup.variables, data.x_val[:n_eval], data.y_val[:n_eval]),
           "test": accuracy(setup, setup.variables, data.x_test, data.y_test)}
   phases["baseline"] = time.perf_counter() - t
@@ -342,7 +347,7 @@ def run(config: Config, out_dir: pathlib.Path, *, resume: bool = False, quiet: b
   t = time.perf_counter()
   table = make_error_table(setup)
   phases["error_table"] = time.perf_counter() - t
-  search_ = Search(setup, sens, table)
+  search_ = Search(setup, sens, table, selection)
   t = time.perf_counter()
   surrogate_state, evaluated = warmup(search_, jax.random.fold_in(key, 20), log, quiet)
   phases["warmup"] = time.perf_counter() - t

@@ -173,7 +173,7 @@ def _headline(r: Mapping) -> list[str]:
   rows = [
       ("Test accuracy (baseline → final)",
        f"{fmt(r.get('baseline_accuracy'), '.2f', ' %')} → {fmt(r.get('final_accuracy'), '.2f', ' %')}"),
-      ("Validation accuracy (baseline → final)",
+      ("Validation accuracy, held-out half (baseline → final)",
        f"{fmt(r.get('baseline_val_accuracy'), '.2f', ' %')} → "
        f"{fmt(r.get('final_val_accuracy'), '.2f', ' %')}"),
       ("Accuracy drop (test; validation) vs target",

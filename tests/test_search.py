@@ -1,5 +1,7 @@
 """Search helpers: warm-up plan sampling, goal budgets, learner settings."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -109,6 +111,26 @@ def test_floor_shift_is_one_level_per_doubling_of_the_goal():
   assert search.floor_shift(fixed, raised(40)) == 0
   params = search.hla_params(raised(20), np.full(3, 0.5), shift=search.floor_shift(config, raised(20)))
   np.testing.assert_array_equal(params.floor_shift, [1, 1, 1])         # one per HLA member
+
+
+def test_selection_half_is_held_out_from_everything_the_search_sees():
+  from hirelc_jax.data.datasets import Dataset
+  from hirelc_jax.evaluation import Setup, hold_out_selection
+  x = np.arange(7 * 2, dtype=np.float32).reshape(7, 2, 1, 1)
+  data = Dataset(name="t", x_train=x, y_train=np.arange(7), x_val=x, y_val=np.arange(7),
+                 x_test=x, y_test=np.arange(7), num_classes=7, image_shape=(2, 1, 1),
+                 mean=np.zeros(1), std=np.ones(1))
+  setup = Setup(config=None, data=data, spec=None, variables={}, kmap=None, augment=None,
+                evaluate_plans=None, evaluate=None)
+  fit, (xs, ys) = hold_out_selection(setup)
+  np.testing.assert_array_equal(fit.data.y_val, [0, 1, 2])
+  np.testing.assert_array_equal(ys, [3, 4, 5, 6])
+  np.testing.assert_array_equal(xs[:, 0, 0, 0], [6, 8, 10, 12])
+  np.testing.assert_array_equal(fit.data.y_train, data.y_train)           # train and test untouched
+  assert setup.data.y_val.shape == (7,)                                    # no mutation
+  tiny = dataclasses.replace(setup, data=dataclasses.replace(data, x_val=x[:1], y_val=np.arange(1)))
+  with pytest.raises(ValueError, match="validation split has 1 examples"):
+    hold_out_selection(tiny)
 
 
 def test_plan_table_names_each_kernel_as_export_does(kmap):
