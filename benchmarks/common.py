@@ -31,11 +31,11 @@ def machine() -> dict:
 
 
 def code_version() -> str:
-  """The checkout's short commit, "-dirty" when code outside benchmarks/results differs from it."""
+  """The checkout's short commit, "-dirty" when a Python file differs from it."""
   root = pathlib.Path(__file__).resolve().parent.parent
   git = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True).stdout.strip()
   commit = git("rev-parse", "--short", "HEAD") or "unknown"
-  return commit + ("-dirty" if git("status", "--porcelain", "--", ".", ":!benchmarks/results") else "")
+  return commit + ("-dirty" if git("status", "--porcelain", "--", "*.py") else "")
 
 
 def timeit(fn, *, repeats: int = 5, min_time: float = 0.5) -> float:
