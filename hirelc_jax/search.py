@@ -9,7 +9,7 @@ Units: the HLA acts in the original's table units (target ratio 0.15-0.35 with
 the goal at 0.25). Its decoded ratios are rescaled so that level 2 equals the
 goal's storage fraction 1/target_compression before they reach the LLA. When a
 cycle's goal is raised above the user's (`search.escalate`), the blocks' floors
-(min bits, max pruning) are looked up that many levels higher (`floor_shift`),
+(min bits, max pruning) are looked up one level higher per doubling (`floor_shift`),
 or the raised goal could not be reached: the LLA already sits on its floors.
 """
 
