@@ -132,6 +132,9 @@ class Config:
       raise ValueError(f"search.screen={self.search.screen} must be at least 1 (1: fine-tune the vote)")
     if not self.search.escalate >= 1.0:
       raise ValueError(f"search.escalate={self.search.escalate} must be >= 1 (1: a fixed compression goal)")
+    if not 0.0 < self.data.val_fraction < 1.0:
+      raise ValueError(f"data.val_fraction={self.data.val_fraction} must be in (0, 1): the search "
+                       f"early-stops and chooses its cycle on the validation split")
     if self.search.signal not in SIGNALS:
       raise ValueError(f"search.signal={self.search.signal!r}; use one of {', '.join(SIGNALS)}")
     return self

@@ -53,6 +53,7 @@ def prepare(config: Config, *, quiet: bool = False, log=print) -> Setup:
   data = load_dataset(config.data.name, data_dir=config.data.data_dir,
                       val_fraction=config.data.val_fraction, seed=config.seed,
                       limit=config.data.limit)
+  check_validation(data)
   patch = config.model.patch_size or baseline.default_patch_size(config.model.name, data.image_shape)
   spec = build_model(config.model.name, num_classes=data.num_classes,
                      image_shape=data.image_shape, patch_size=patch)
@@ -87,6 +88,13 @@ def load_user_checkpoint(path: str, spec, like: dict) -> dict:
   return checkpoint.load_tree(path, like)
 
 
+def check_validation(data) -> None:
+  """Raises ValueError unless the validation split has the 2 examples `hold_out_selection` halves."""
+  if len(data.y_val) < 2:
+    raise ValueError(f"the validation split has {len(data.y_val)} examples; the search needs at least 2 "
+                     f"(raise data.val_fraction or use more data)")
+
+
 def hold_out_selection(setup: Setup) -> tuple[Setup, tuple[np.ndarray, np.ndarray]]:
   """Splits the validation set in two halves: the returned setup's data keeps the first
   (screening, warm-up, the fine-tunes' early stopping); the second, `(x [V2, ...], y [V2])`,
@@ -97,10 +105,8 @@ def hold_out_selection(setup: Setup) -> tuple[Setup, tuple[np.ndarray, np.ndarra
     ValueError: when the validation split has fewer than 2 examples.
   """
   d = setup.data
+  check_validation(d)
   half = len(d.y_val) // 2
-  if half < 1:
-    raise ValueError(f"the validation split has {len(d.y_val)} examples; the search needs at least 2 "
-                     f"(raise data.val_fraction or use more data)")
   fit = dataclasses.replace(d, x_val=d.x_val[:half], y_val=d.y_val[:half])
   return dataclasses.replace(setup, data=fit), (d.x_val[half:], d.y_val[half:])
 

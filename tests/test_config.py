@@ -27,6 +27,7 @@ def test_presets_are_packaged():
     ("lla.algorithms", '["ppo", "sac"]', "lla.algorithms"),
     ("lla.betas", "[1]", "lla.betas has 1 entries for 3 members"),
     ("search.cycles", "0", "search.cycles=0"),
+    ("data.val_fraction", "0", "data.val_fraction=0"),
 ])
 def test_validation_names_the_bad_value(key, value, message):
   with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
