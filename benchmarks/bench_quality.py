@@ -52,7 +52,8 @@ SEARCHES = {"hirelc": {}, "hirelc_surrogate": {"search.signal": "surrogate"},
             "hirelc_surrogate_unscreened": {"search.signal": "surrogate", **UNSCREENED},
             "lla_only_unscreened": {"search.high_level": "false", **UNSCREENED}}
 METHODS = ("hirelc", "uniform_INT3", "uniform_INT4", "greedy", "random", "lla_only", "hirelc_surrogate",
-           "hirelc_fixed_floors", "hirelc_surrogate_fixed_floors", "hirelc_fixed_goal", "hirelc_unscreened", "lla_only_unscreened", "hirelc_surrogate_unscreened") \
+           "hirelc_fixed_floors", "hirelc_surrogate_fixed_floors", "hirelc_fixed_goal", "hirelc_unscreened",
+           "lla_only_unscreened", "hirelc_surrogate_unscreened") \
     + tuple(f"uniform_{label}" for label, _, _ in evaluation.UNIFORM_BASELINES if label not in ("INT3", "INT4"))
 # Rows of a search as it was at an earlier commit (the row's "commit"), kept for before/after; not rerunnable.
 RECORDED = ("hirelc_floors_full_val",)   # floors followed the goal; selection on the validation set the
