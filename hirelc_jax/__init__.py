@@ -4,7 +4,22 @@ The command line is `python -m hirelc_jax.run`; the Python API for your own
 model is `hirelc_jax.compress` (see README.md).
 """
 
+import os as _os
+
 __version__ = "0.1.0"
+
+# compression/, agents/ and configs/ sit beside this folder in the repository and are
+# mapped under hirelc_jax by pyproject's package-dir. A wheel places them inside the
+# package and an editable install maps them with its own import finder, but Python
+# started in a checkout's root imports this folder from the working directory, where
+# they are not beneath it. Adding the checkout's root to this package's search path is
+# the simplest mechanism that serves a checkout, an editable install and a wheel alike:
+# it is a no-op in a wheel (the subpackages are inside), needs no symlinks (lost on
+# Windows and in sdists) and puts no top-level `compression` or `agents` on sys.path.
+_root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if (not _os.path.isdir(_os.path.join(__path__[0], "compression"))
+    and _os.path.isfile(_os.path.join(_root, "compression", "__init__.py"))):
+  __path__.append(_root)
 
 
 def compress(*args, **kwargs):
