@@ -19,6 +19,7 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Dtype = Any
 
@@ -54,6 +55,37 @@ KERNEL_RULES = (
 
 LN_EPS = 1e-6  # timm's ViT LayerNorm epsilon.
 
+
+@dataclasses.dataclass(frozen=True)
+class BlockWidths:
+  """Kernel widths of one block of a slimmed ViT (built by `compression.slim`); hashable.
+
+  Attributes:
+    qk_dim: query/key width per head (None: width / num_heads); the score
+      scale stays ``(width / num_heads) ** -0.5``.
+    v_dim: value width per head (None: width / num_heads); attn.proj then
+      has ``num_heads * v_dim`` input rows.
+    mlp_dim: hidden width of the MLP.
+    proj_index: residual channels attn.proj writes (its output columns), or None for all.
+    fc2_index: residual channels mlp.fc2 writes, or None for all.
+  """
+  qk_dim: Optional[int]
+  v_dim: Optional[int]
+  mlp_dim: int
+  proj_index: Optional[tuple[int, ...]] = None
+  fc2_index: Optional[tuple[int, ...]] = None
+
+
+def _into_width(y: jax.Array, index: Optional[tuple[int, ...]], width: int) -> jax.Array:
+  """``y [..., len(index)]`` placed at channels `index` of zeros ``[..., width]`` (one gather)."""
+  if index is None:
+    return y
+  inv = np.full(width, len(index), np.int32)
+  inv[np.asarray(index, np.int64)] = np.arange(len(index), dtype=np.int32)
+  y = jnp.concatenate([y, jnp.zeros(y.shape[:-1] + (1,), y.dtype)], axis=-1)
+  return jnp.take(y, inv, axis=-1, mode="clip")
+
+
 _dense_init = nn.initializers.xavier_uniform()
 _embed_init = nn.initializers.normal(stddev=0.02)
 
@@ -87,9 +119,17 @@ class Attention(nn.Module):
   Attributes:
     num_heads: number of heads; must divide the width.
     dtype: compute dtype (softmax runs in float32).
+    qk_dim, v_dim: per-head query/key and value widths of a slimmed model
+      (qkv then has ``H * (2 * qk_dim + v_dim)`` outputs laid out q | k | v);
+      None: ``D / H`` each, the standard layout.
+    out_index: residual channels the projection writes (a slimmed proj with
+      ``len(out_index)`` outputs); None: all ``D``.
   """
   num_heads: int
   dtype: Optional[Dtype] = None
+  qk_dim: Optional[int] = None
+  v_dim: Optional[int] = None
+  out_index: Optional[tuple[int, ...]] = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -98,19 +138,31 @@ class Attention(nn.Module):
     if d % self.num_heads:
       raise ValueError(f"width {d} is not divisible by {self.num_heads} heads")
     hd = d // self.num_heads
-    qkv = nn.Dense(3 * d, dtype=self.dtype, kernel_init=_dense_init, name="qkv")(x)
-    qkv = qkv.reshape(b, n, 3, self.num_heads, hd)          # [B, N, 3, H, hd]
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]       # [B, N, H, hd]
+    h = self.num_heads
+    dq = hd if self.qk_dim is None else self.qk_dim
+    dv = hd if self.v_dim is None else self.v_dim
+    if self.qk_dim is None and self.v_dim is None:
+      qkv = nn.Dense(3 * d, dtype=self.dtype, kernel_init=_dense_init, name="qkv")(x)
+      qkv = qkv.reshape(b, n, 3, self.num_heads, hd)          # [B, N, 3, H, hd]
+      q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]       # [B, N, H, hd]
+    else:
+      qkv = nn.Dense(h * (2 * dq + dv), dtype=self.dtype, kernel_init=_dense_init, name="qkv")(x)
+      q = qkv[..., :h * dq].reshape(b, n, h, dq)              # [B, N, H, dq]
+      k = qkv[..., h * dq:2 * h * dq].reshape(b, n, h, dq)
+      v = qkv[..., 2 * h * dq:].reshape(b, n, h, dv)          # [B, N, H, dv]
     logits = jnp.einsum("bqhd,bkhd->bhqk", q * (hd ** -0.5), k)   # [B, H, N, N]
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, n, d)
-    return nn.Dense(d, dtype=self.dtype, kernel_init=_dense_init, name="proj")(out)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, n, h * dv)
+    width = d if self.out_index is None else len(self.out_index)
+    y = nn.Dense(width, dtype=self.dtype, kernel_init=_dense_init, name="proj")(out)
+    return _into_width(y, self.out_index, d)
 
 
 class Mlp(nn.Module):
-  """Two-layer GELU MLP: D -> mlp_dim -> D."""
+  """Two-layer GELU MLP: D -> mlp_dim -> D (fc2 writes only `out_index` when given)."""
   mlp_dim: int
   dtype: Optional[Dtype] = None
+  out_index: Optional[tuple[int, ...]] = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -118,22 +170,31 @@ class Mlp(nn.Module):
     d = x.shape[-1]
     h = nn.Dense(self.mlp_dim, dtype=self.dtype, kernel_init=_dense_init, name="fc1")(x)
     h = nn.gelu(h, approximate=False)
-    return nn.Dense(d, dtype=self.dtype, kernel_init=_dense_init, name="fc2")(h)
+    width = d if self.out_index is None else len(self.out_index)
+    y = nn.Dense(width, dtype=self.dtype, kernel_init=_dense_init, name="fc2")(h)
+    return _into_width(y, self.out_index, d)
 
 
 class Block(nn.Module):
-  """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+  """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x)).
+
+  ``widths`` (a `BlockWidths`) builds the smaller kernels of a slimmed block;
+  None is the standard block.
+  """
   num_heads: int
   mlp_dim: int
   dtype: Optional[Dtype] = None
+  widths: Optional[BlockWidths] = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: [B, N, D] -> [B, N, D]."""
+    w = self.widths or BlockWidths(None, None, self.mlp_dim)
     y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm1")(x)
-    x = x + Attention(self.num_heads, dtype=self.dtype, name="attn")(y)
+    x = x + Attention(self.num_heads, dtype=self.dtype, qk_dim=w.qk_dim, v_dim=w.v_dim,
+                      out_index=w.proj_index, name="attn")(y)
     y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm2")(x)
-    return x + Mlp(self.mlp_dim, dtype=self.dtype, name="mlp")(y)
+    return x + Mlp(w.mlp_dim, dtype=self.dtype, out_index=w.fc2_index, name="mlp")(y)
 
 
 class ViT(nn.Module):
@@ -149,6 +210,8 @@ class ViT(nn.Module):
     num_heads: attention heads per block.
     mlp_dim: hidden size of the block MLP.
     dtype: compute dtype (parameters stay float32; logits are float32).
+    block_widths: one `BlockWidths` per block for a slimmed model with
+      smaller kernels (same parameter paths); None: the standard model.
   """
   num_classes: int
   image_shape: tuple[int, int, int]
@@ -158,6 +221,7 @@ class ViT(nn.Module):
   num_heads: int = 2
   mlp_dim: int = 64
   dtype: Optional[Dtype] = None
+  block_widths: Optional[tuple[BlockWidths, ...]] = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -173,6 +237,8 @@ class ViT(nn.Module):
     del train
     if tuple(x.shape[1:]) != tuple(self.image_shape):
       raise ValueError(f"ViT expects images of shape {tuple(self.image_shape)}, got {tuple(x.shape[1:])}")
+    if self.block_widths is not None and len(self.block_widths) != self.depth:
+      raise ValueError(f"block_widths has {len(self.block_widths)} entries for depth {self.depth}")
     n = num_patches(self.image_shape[:2], self.patch_size)
     p, d = self.patch_size, self.width
     if self.dtype is not None:
@@ -186,7 +252,8 @@ class ViT(nn.Module):
     x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, d)).astype(x.dtype), x], axis=1)
     x = x + pos.astype(x.dtype)                               # [B, N+1, D]
     for i in range(self.depth):
-      x = Block(self.num_heads, self.mlp_dim, dtype=self.dtype, name=f"block_{i}")(x)
+      widths = None if self.block_widths is None else self.block_widths[i]
+      x = Block(self.num_heads, self.mlp_dim, dtype=self.dtype, widths=widths, name=f"block_{i}")(x)
     x = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm")(x)
     logits = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=_dense_init,
                       name="head")(x[:, 0])
