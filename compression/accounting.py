@@ -8,9 +8,13 @@ which `kept` survive:
   + out                                   the keep bitmap, when anything is pruned
   + kept * (bias dtype bits)              the bias of the surviving neurons
 
-Every other parameter counts at its stored dtype. The compression ratio is
-(32 bits x all parameters) / storage bits, for the WHOLE model. All functions
-take the plan as data, so they run under jit and vmap.
+(an unquantized slot, bits 32, stores its kept columns at the kernel's dtype).
+Every other parameter counts at its stored dtype, and so does every leaf of the
+model's other collections (`model_state`, e.g. BatchNorm's ``batch_stats``):
+the model cannot run without them. The compression ratio is (32 bits x all
+parameters and state) / storage bits, for the WHOLE model. `export.export_model`
+writes exactly these sections (each kernel's bitmap and codes padded to whole
+bytes). All functions take the plan as data, so they run under jit and vmap.
 """
 
 from __future__ import annotations
@@ -33,6 +37,20 @@ def _dtype_bits(leaf) -> int:
   return int(np.dtype(leaf.dtype).itemsize * 8)
 
 
+def split_variables(variables: Mapping) -> tuple[Mapping, dict]:
+  """A flax variables dict -> ('params' collection, the other collections, e.g. {'batch_stats': ...})."""
+  return variables["params"], {k: v for k, v in variables.items() if k != "params"}
+
+
+def _leaves(tree: Mapping | None) -> list:
+  return list(traverse_util.flatten_dict(dict(tree)).values()) if tree else []
+
+
+def state_bits(model_state: Mapping | None) -> float:
+  """Bits of the non-parameter collections (``{'batch_stats': ...}`` or None) at their dtypes."""
+  return float(sum(_dtype_bits(x) * np.size(x) for x in _leaves(model_state)))
+
+
 def _gather(plan: CompressionPlan, kmap: KernelMap):
   blocks = np.array([e.block for e in kmap.entries])
   kernels = np.array([e.kernel for e in kmap.entries])
@@ -47,6 +65,7 @@ def kernel_storage_bits(plan: CompressionPlan, kmap: KernelMap, params: Mapping)
   fan_in = np.array([e.fan_in for e in kmap.entries], np.float32)
   bias_bits = np.array([0 if e.bias_path is None else _dtype_bits(flat[e.bias_path])
                         for e in kmap.entries], np.float32)
+  raw_bits = np.array([_dtype_bits(flat[e.path]) for e in kmap.entries], np.float32)
   kept = jnp.stack([kept_count(keep[..., i], int(n)) for i, n in enumerate(num_out)], -1)
   kept = kept.astype(jnp.float32)
   quantized = bits != codes.FP32_BITS
@@ -54,30 +73,37 @@ def kernel_storage_bits(plan: CompressionPlan, kmap: KernelMap, params: Mapping)
   num_scales = jnp.where(per_channel, kept, 1.0) + jnp.where(gran == codes.ASYMMETRIC, 1.0, 0.0)
   scale_bits = jnp.where(quantized, num_scales * SCALE_BITS, 0.0)
   bitmap = jnp.where(kept < num_out, num_out.astype(np.float32), 0.0)
-  return bits.astype(jnp.float32) * kept * fan_in + scale_bits + bitmap + kept * bias_bits
+  code_bits = jnp.where(quantized, bits.astype(jnp.float32), raw_bits)
+  return code_bits * kept * fan_in + scale_bits + bitmap + kept * bias_bits
 
 
-def fp32_bits(params: Mapping) -> float:
-  """Bits of the whole model at 32 bits per parameter."""
-  return float(sum(32 * np.size(x) for x in traverse_util.flatten_dict(dict(params)).values()))
+def fp32_bits(params: Mapping, model_state: Mapping | None = None) -> float:
+  """Bits of the whole model (parameters and `model_state`) at 32 bits per value."""
+  return float(sum(32 * np.size(x) for x in _leaves(params) + _leaves(model_state)))
 
 
-def uncompressed_bits(params: Mapping, kmap: KernelMap) -> float:
-  """Bits of every parameter the plan does not touch, at its stored dtype."""
+def uncompressed_bits(params: Mapping, kmap: KernelMap, model_state: Mapping | None = None) -> float:
+  """Bits of every parameter the plan does not touch, and of `model_state`, at their dtypes."""
   claimed = {e.path for e in kmap.entries} | {e.bias_path for e in kmap.entries if e.bias_path}
   return float(sum(_dtype_bits(x) * np.size(x)
                    for path, x in traverse_util.flatten_dict(dict(params)).items()
-                   if path not in claimed))
+                   if path not in claimed)) + state_bits(model_state)
 
 
-def storage_bits(params: Mapping, plan: CompressionPlan, kmap: KernelMap):
-  """Storage bits of the whole model under `plan` (float32, batched over plans)."""
-  return kernel_storage_bits(plan, kmap, params).sum(-1) + uncompressed_bits(params, kmap)
+def storage_bits(params: Mapping, plan: CompressionPlan, kmap: KernelMap,
+                 model_state: Mapping | None = None):
+  """Storage bits of the whole model under `plan` (float32, batched over plans).
+
+  `model_state`: the variables' other collections (``{'batch_stats': ...}``), counted at their dtypes.
+  """
+  return (kernel_storage_bits(plan, kmap, params).sum(-1)
+          + uncompressed_bits(params, kmap, model_state))
 
 
-def compression_ratio(params: Mapping, plan: CompressionPlan, kmap: KernelMap):
-  """Honest whole-model compression: fp32 bits / storage bits."""
-  return fp32_bits(params) / storage_bits(params, plan, kmap)
+def compression_ratio(params: Mapping, plan: CompressionPlan, kmap: KernelMap,
+                      model_state: Mapping | None = None):
+  """Honest whole-model compression: fp32 bits / storage bits (both with `model_state`)."""
+  return fp32_bits(params, model_state) / storage_bits(params, plan, kmap, model_state)
 
 
 def paper_compression_ratio(plan: CompressionPlan, kmap: KernelMap):

@@ -1,50 +1,55 @@
-"""Export of a compressed model to one .npz file, and a loader that rebuilds it exactly.
+"""Export of a compressed model to one file whose bytes are the counted storage, and its exact loader.
 
 `export_model` takes the 'params' collection AFTER compression (`apply.apply_plan`
-or QAT output: kernels on their grids, pruned neurons exactly zero). Per mapped
-kernel the file holds the kept-neuron indices (int32 ``[kept]``), the codes of
-the kept columns packed at `bits` bits per code into uint32 words, the float32
-scale(s) (``[1]`` per tensor or ``[kept]`` per channel), the zero point
-(asymmetric, ``[1]``) and the kept bias entries; bits-32 kernels keep their
-kept columns as they are. Other parameters are stored as is. A JSON header
-(``header.json``, UTF-8 bytes) records each kernel's path, shape, bits, format
-and granularity codes and names, number of codes, and the package version.
-`kept_count(keep, out)` fixes how many neurons survive; the exporter drops
-``out - kept`` neurons whose kernel column and bias are zero (lowest index
-first; should a kept neuron be all zero too, the values are the same either way).
+or QAT output: kernels on their grids, pruned neurons exactly zero) and the
+model's other collections (`model_state`, e.g. ResNet's ``batch_stats``).
 
-Design for exact reconstruction (compressed params in, verified codes out):
-  The loader dequantizes with ONE fixed float32 formula, `_decode`:
-  ``table[code] * scale`` for the symmetric grids, where ``table`` lists each
-  code's grid value in scale units (`code_table`), and
-  ``(code - zero_point) * scale`` for asymmetric. The quantizer produced every
-  element as one float32 rounding of the same product (grid value times the
-  scale it used), so a scale reproducing the kernel exists. The exporter finds
-  one from the compressed weights alone: for each scale group (tensor or
-  channel) with largest magnitude ``m`` it tries ``m / g`` for the grid value
-  ``g`` of that element (the grid limit for uniform, per_channel and log; each
-  positive grid value in turn for learned, after the given `steps`) and its
-  neighbours within 3 ulps, rounds ``w / s`` to the nearest grid value, and
-  keeps the first scale whose `_decode` equals the kernel BIT FOR BIT. The
-  true scale is among the candidates, so on-grid kernels always pass; a
-  kernel no candidate reproduces is not on its grid and raises ValueError.
-  Asymmetric derives the zero point and scale from the tensor's min and max.
-  Because the written codes are checked with the loader's own `_decode`, the
-  loaded kept columns equal the compressed ones bit for bit (signed zeros
-  included: the INT grid uses its spare top code for -0.0, minifloat and log
-  codes carry a sign bit). Pruned neurons come back as +0.0 (equal to the
-  compressed zeros under ``==``; the sign of a pruned zero is not stored).
+File: an .npz archive (`np.load` reads it) with exactly two uint8 members,
+stored uncompressed by default:
 
-Code layouts (all codes are non-negative, < 2**bits):
-  * INT symmetric: ``q + qmax`` in ``0..2**b - 2``; code ``2**b - 1`` is -0.0.
-  * minifloat: the format's bit pattern ``sign | exponent | mantissa``, equal
-    to ``x.astype(ml_dtypes type).view(uint8)`` for the formats ml_dtypes has.
-  * log: ``sign << (b-1) | m`` with ``m = 0`` for zero and ``m = L - k`` for
-    the magnitude ``2**-k``, ``L = 2**(b-1) - 1``.
-  * asymmetric: ``q`` in ``0..2**b - 1`` with ``w = (q - zero_point) * scale``.
+  ``header``   zlib-compressed UTF-8 JSON (`read_header`): magic, file and
+               package version, kernel names, the plan arrays, the payload's
+               length, one record per mapped kernel (path, shape, dtype, bits,
+               fmt, gran, kept, bias path and dtype) and, per collection
+               ('params' first, then e.g. 'batch_stats'), each other leaf's
+               path, shape and dtype. No offsets: the records fix every
+               section's size (`kernel_layout`), and the sections follow each
+               other in record order. 0.6-1.5 KB on the registry models.
+  ``payload``  the model's bytes: exactly the sections `accounting.storage_bits`
+               counts, each byte-aligned, little-endian, nothing between them.
 
-Quantized kernels must be float32. `np.savez_compressed` is the default: packed
-codes barely compress, but the file beats plain `np.savez` by 5-25%.
+Payload sections, in this order:
+  per mapped kernel (kernel-map order), with ``kept`` of its ``out`` neurons
+  surviving (`kept_count(keep, out)`) and ``fan_in`` weights per neuron:
+    ``keep``    ``np.packbits(mask [out], bitorder="little")``, ``ceil(out/8)``
+                bytes; absent when nothing is pruned (the neurons are then all kept).
+    ``codes``   `codec.pack_codes` of the kept columns' codes, row-major over
+                ``[fan_in, kept]``, ``ceil(bits * fan_in * kept / 8)`` bytes;
+                an unquantized (bits 32) kernel has ``weights`` instead, its
+                kept columns ``[fan_in, kept]`` at the kernel's dtype.
+    ``scales``  float32 ``[1]`` (uniform, log, asymmetric) or ``[kept]``
+                (per_channel, learned); not for bits 32.
+    ``zero``    float32 ``[1]``, the zero point (asymmetric only).
+    ``bias``    the kept bias entries ``[kept]`` at the bias dtype.
+  then every other leaf of 'params' and of each other collection, at its
+  dtype, in flattened-key order.
+So ``8 * payload bytes - storage bits`` is the byte padding of the bitmaps
+and codes alone: between 0 and 14 bits per kernel. The header (with the plan)
+is the only part the accounting does not count; with the .npz's member
+headers (~0.5 KB) the file is the payload plus 1-2 KB. `compress=True`
+deflates both members instead: the layout inside is the same, the file
+smaller (packed codes of bell-shaped weights have less entropy than their
+bits), but the size is then data dependent; the default keeps the file the
+counted bytes plus that fixed header.
+
+The exporter drops ``out - kept`` neurons whose kernel column and bias are
+zero (lowest index first; should a kept neuron be all zero too, the values
+are the same either way). Codes are found and checked with the loader's own
+`codec.decode` (see `hirelc_jax.compression.codec` for the design), so the
+loaded kept columns equal the compressed ones BIT FOR BIT, signed zeros
+included; pruned neurons come back as +0.0 (equal to the compressed zeros
+under ``==``; the sign of a pruned zero is not stored). Every other leaf comes
+back byte for byte. Quantized kernels must be float32.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import zlib
 from typing import Mapping, Sequence
 
 import jax.numpy as jnp
@@ -60,15 +66,16 @@ import numpy as np
 from flax import traverse_util
 
 from hirelc_jax import __version__
-from hirelc_jax.compression import accounting, codes, formats
+from hirelc_jax.compression import accounting, codec, codes, formats
+from hirelc_jax.compression.codec import code_table, pack_codes, unpack_codes  # noqa: F401 (API)
 from hirelc_jax.compression.kernel_map import KernelEntry, KernelMap
 from hirelc_jax.compression.plan import CompressionPlan
 from hirelc_jax.compression.prune import kept_count
 
-FILE_VERSION = 1
-HEADER_KEY = "header.json"
-_ULPS = np.array([0, -1, 1, -2, 2, -3, 3], np.int32)
-_PROBE_ROWS = 16
+FILE_VERSION = 2
+MAGIC = "hirelc-jax export"
+HEADER_KEY, PAYLOAD_KEY = "header", "payload"
+PLAN_FIELDS = ("bits", "keep", "fmt", "gran")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,15 +85,22 @@ class ExportInfo:
   Attributes:
     path: the .npz file.
     file_bytes: its size on disk.
-    payload_bytes: bytes of the stored arrays (no npy/zip headers).
-    storage_bits: `accounting.storage_bits` of the model under the plan.
+    payload_bytes: bytes of the payload member (the counted sections, byte-padded).
+    header_bytes: bytes of the zlib-compressed JSON header member.
+    storage_bits: `accounting.storage_bits` of the model (with its model_state) under the plan.
     num_kernels: mapped kernels written.
   """
   path: str
   file_bytes: int
   payload_bytes: int
+  header_bytes: int
   storage_bits: float
   num_kernels: int
+
+  @property
+  def counted_bytes(self) -> float:
+    """The accounted storage in bytes, ``storage_bits / 8``."""
+    return self.storage_bits / 8.0
 
   @property
   def overhead(self) -> float:
@@ -94,174 +108,40 @@ class ExportInfo:
     return 8.0 * self.file_bytes / self.storage_bits
 
 
-def pack_codes(values: np.ndarray, bits: int) -> np.ndarray:
-  """Packs codes into a little-endian bit stream of uint32 words.
-
-  Args:
-    values: integer codes ``[n]`` in ``0..2**bits - 1``.
-    bits: bits per code, 1..8.
-
-  Returns:
-    uint32 ``[ceil(n * bits / 32)]``; code ``i`` is bits ``i*bits ..`` of the stream.
-  """
-  v = np.asarray(values).reshape(-1)
-  if v.size and (v.min() < 0 or v.max() >= 2 ** bits):
-    raise ValueError(f"codes must lie in 0..{2 ** bits - 1} for {bits} bits")
-  v = v.astype(np.uint8)
-  stream = ((v[:, None] >> np.arange(bits, dtype=np.uint8)) & 1).astype(np.uint8)
-  packed = np.packbits(stream.reshape(-1), bitorder="little")
-  packed = np.pad(packed, (0, -packed.size % 4))
-  return packed.view("<u4").astype(np.uint32)
-
-
-def unpack_codes(words: np.ndarray, bits: int, n: int) -> np.ndarray:
-  """Inverse of `pack_codes`: uint32 words -> uint8 codes ``[n]``."""
-  raw = np.asarray(words, "<u4").view(np.uint8)
-  stream = np.unpackbits(raw, bitorder="little")[:n * bits].reshape(n, bits)
-  return (stream << np.arange(bits, dtype=np.uint8)).sum(axis=1, dtype=np.uint8)
-
-
-def _minifloat_table(fmt: int, bits: int) -> np.ndarray:
-  """Value of every bit pattern of a minifloat format; NaN where not finite."""
-  e, m = int(formats.EXP_BITS[fmt, bits]), int(formats.MAN_BITS[fmt, bits])
-  c = np.arange(2 ** bits, dtype=np.int64)
-  exp, man, neg = (c >> m) & (2 ** e - 1), c & (2 ** m - 1), (c >> (bits - 1)) & 1
-  bias = 2 ** (e - 1) - 1
-  mag = np.where(exp == 0, man * 2.0 ** (1 - bias - m),
-                 (1.0 + man / 2.0 ** m) * 2.0 ** (exp - bias))
-  mag = np.where(mag > float(formats.MAX_FINITE[fmt, bits]), np.nan, mag)
-  return np.where(neg == 1, -mag, mag).astype(np.float32)
-
-
-def code_table(bits: int, fmt: int, gran: int) -> np.ndarray:
-  """Grid value, in scale units, of every code of a symmetric mode.
-
-  Args:
-    bits: 2..8.
-    fmt: format code (ignored by log).
-    gran: granularity code other than asymmetric.
-
-  Returns:
-    float32 ``[2**bits]``; NaN marks codes that are not grid values.
-  """
-  n = 2 ** bits
-  half = n // 2
-  if gran == codes.LOG:
-    mag = np.where(np.arange(half) == 0, 0.0, 2.0 ** (np.arange(half) - (half - 1)))
-    return np.concatenate([mag, -mag]).astype(np.float32)
-  if fmt == codes.INT:
-    return np.append(np.arange(n - 1) - (half - 1.0), -0.0).astype(np.float32)
-  return _minifloat_table(fmt, bits)
-
-
-def _nearest_codes(x: np.ndarray, table: np.ndarray) -> np.ndarray:
-  """Code of the grid value nearest to each `x` (the sign of a zero kept)."""
-  neg_zero = (table == 0) & np.signbit(table)
-  valid = np.flatnonzero(np.isfinite(table) & ~neg_zero)
-  order = valid[np.argsort(table[valid], kind="stable")]
-  vals = table[order]
-  hi = np.clip(np.searchsorted(vals, x), 1, vals.size - 1)
-  pick = np.where(x - vals[hi - 1] <= vals[hi] - x, hi - 1, hi)
-  out = order[pick]
-  return np.where((vals[pick] == 0) & np.signbit(x), np.flatnonzero(neg_zero)[0], out).astype(np.uint8)
-
-
-def _decode(q: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, table: np.ndarray | None):
-  """The dequantizer used by exporter checks and loader alike; float32 ``[rows, G]``."""
-  if table is None:
-    return (q.astype(np.float32) - zero) * scale
-  return table[q] * scale
-
-
-def _same_bits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-  """Per column: every element bitwise equal. ``[rows, G] -> [G]``."""
-  return np.all(a.view(np.uint32) == b.view(np.uint32), axis=0)
-
-
-def _ulp_candidates(base) -> np.ndarray:
-  """float32 neighbours of positive `base` (``[...]``) within 3 ulps, ``[7, ...]``."""
-  ints = np.asarray(base, np.float32).view(np.int32)
-  return (ints[None] + _ULPS.reshape((-1,) + (1,) * np.ndim(ints))).view(np.float32)
-
-
-def _encode_symmetric(w: np.ndarray, table: np.ndarray, learned: bool, first=None):
-  """Codes and scales whose `_decode` equals `w` bit for bit, column by column.
-
-  Args:
-    w: float32 ``[rows, G]``, one scale group per column.
-    table: `code_table` of the mode.
-    learned: search every positive grid value for the largest element.
-    first: optional float32 ``[G]`` scales to try first (learned steps).
-
-  Returns:
-    (uint8 codes ``[rows, G]``, float32 scales ``[G]``, bool solved ``[G]``).
-  """
-  m = np.max(np.abs(w), axis=0, initial=0.0)
-  pos = np.sort(table[np.isfinite(table) & (table > 0)])[::-1]
-  grid_values = pos if learned else pos[:1]
-  cands = [np.zeros_like(m)] + ([] if first is None else [np.asarray(first, np.float32)])
-  cands += [c for g in grid_values for c in _ulp_candidates(m / np.float32(g))]
-  q = np.zeros(w.shape, np.uint8)
-  scale = np.zeros(m.shape, np.float32)
-  solved = np.zeros(m.shape, bool)
-  with np.errstate(all="ignore"):
-    for cand in cands:
-      if solved.all():
-        break
-      todo = np.flatnonzero(~solved & np.isfinite(cand) & ((cand > 0) == (m > 0)))
-      for rows in (slice(0, _PROBE_ROWS), slice(None)):  # cheap probe, then every row
-        s, wt = cand[todo], w[rows, todo]
-        qt = _nearest_codes(np.where(s > 0, wt / np.where(s > 0, s, 1), wt), table)
-        ok = _same_bits(_decode(qt, s, None, table), wt)
-        todo, qt = todo[ok], qt[:, ok]
-      q[:, todo], scale[todo], solved[todo] = qt, cand[todo], True
-  return q, scale, solved
-
-
-def _encode_asymmetric(w: np.ndarray, lo: float, hi: float, bits: int):
-  """(codes, scale [1], zero point [1]) reproducing `w` [rows, 1] exactly, or None.
-
-  `lo`, `hi` are the min and max of the whole compressed tensor (pruned zeros
-  included), the values of codes 0 and (almost always) 2**b - 1.
-  """
-  n = 2 ** bits - 1
-  cands = [(np.float32(w.flat[0]), 0.0)]  # a constant tensor: (1 - 0) * c
-  for d in (n, n - 1):
-    s_est = (hi - lo) / d
-    if not s_est > 0:
-      continue
-    z = float(np.round(-lo / s_est))
-    cands += [(s, z) for top, k in ((hi, d - z), (lo, -z)) if k != 0
-              for s in _ulp_candidates(np.float32(top / k))]
-  with np.errstate(all="ignore"):
-    for s, z in cands:
-      s, z = np.float32(s), np.float32(z)
-      q = np.where(s != 0, np.clip(np.round(w / s) + z, 0, n), 1.0)
-      q = np.nan_to_num(q).astype(np.uint8)
-      if _same_bits(_decode(q, s, z, None), w).all():
-        return q, np.array([s], np.float32), np.array([z], np.float32)
-  return None
-
-
-def _raw(x: np.ndarray) -> tuple[np.ndarray, str]:
-  """Array safe for .npy (ml_dtypes types as an unsigned view) and its dtype name."""
-  return (x if x.dtype.kind in "biufc" else x.view(f"u{x.dtype.itemsize}")), x.dtype.name
-
-
-def _unraw(x: np.ndarray, name: str) -> np.ndarray:
-  dtype = getattr(ml_dtypes, name, None) or np.dtype(name)
-  return x if x.dtype == np.dtype(dtype) else x.view(dtype)
-
-
-def _format_name(bits: int, fmt: int, gran: int) -> str:
+def format_label(bits: int, fmt: int, gran: int) -> str:
+  """Short name of a kernel's number format: "fp32", "log3", "int4", "e2m1", "int8_asym"."""
   if bits == codes.FP32_BITS or gran == codes.LOG:
     return "fp32" if bits == codes.FP32_BITS else f"log{bits}"
   return formats.format_name(fmt, bits) + ("_asym" if gran == codes.ASYMMETRIC else "")
 
 
+def _dtype(name: str) -> np.dtype:
+  """The numpy dtype of a stored dtype name (ml_dtypes types included)."""
+  return np.dtype(getattr(ml_dtypes, name, None) or name)
+
+
+def _le(dtype: np.dtype) -> np.dtype:
+  """The little-endian form of a builtin numeric dtype (ml_dtypes types are native)."""
+  return dtype.newbyteorder("<") if dtype.kind in "biufc" and dtype.itemsize > 1 else dtype
+
+
+def _to_bytes(x: np.ndarray) -> bytes:
+  x = np.ascontiguousarray(x)
+  return x.astype(_le(x.dtype), copy=False).tobytes()
+
+
+def _take(payload: np.ndarray, offset: int, dtype: np.dtype, shape) -> tuple[np.ndarray, int]:
+  """The section of `shape` and `dtype` at byte `offset` as a fresh array, and the next offset."""
+  nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+  if offset + nbytes > payload.size:
+    raise ValueError(f"payload ends at byte {payload.size}; a section needs bytes up to {offset + nbytes}")
+  raw = payload[offset:offset + nbytes].copy()
+  return raw.view(_le(dtype)).astype(dtype, copy=False).reshape(shape), offset + nbytes
+
+
 def _check_plan(plan: CompressionPlan, kmap: KernelMap) -> dict:
   """Concrete plan fields as numpy; raises ValueError on a shape or value mismatch."""
-  fields = {k: np.asarray(getattr(plan, k)) for k in ("bits", "keep", "fmt", "gran")}
+  fields = {k: np.asarray(getattr(plan, k)) for k in PLAN_FIELDS}
   if plan.shape != kmap.plan_shape:
     entry = next((e for e in kmap.entries if e.block >= plan.shape[0] or e.kernel >= plan.shape[-1]),
                  kmap.entries[0])
@@ -271,8 +151,30 @@ def _check_plan(plan: CompressionPlan, kmap: KernelMap) -> dict:
   return fields
 
 
-def _kernel_arrays(e: KernelEntry, flat: dict, fields: dict, step) -> tuple[dict, dict]:
-  """Arrays and header record of one mapped kernel; raises ValueError naming it."""
+def kernel_layout(rec: dict) -> list[tuple[str, np.dtype, tuple[int, ...]]]:
+  """The payload sections of one kernel record, in order: ``[(name, dtype, shape)]``.
+
+  Derived from the record alone (shape, dtype, bits, gran, kept, bias_dtype),
+  so the header needs no offsets: writer and loader walk the payload with it.
+  """
+  shape, bits, gran, kept = tuple(rec["shape"]), rec["bits"], rec["gran"], rec["kept"]
+  rows, out = int(np.prod(shape[:-1])), shape[-1]
+  f32 = np.dtype(np.float32)
+  sections = [("keep", np.dtype(np.uint8), (-(-out // 8),))] if kept < out else []
+  if bits == codes.FP32_BITS:
+    sections.append(("weights", _dtype(rec["dtype"]), (rows, kept)))
+  else:
+    per_channel = gran in (codes.PER_CHANNEL, codes.LEARNED)
+    sections += [("codes", np.dtype(np.uint8), (codec.packed_bytes(rows * kept, bits),)),
+                 ("scales", f32, (kept if per_channel else 1,))]
+    sections += [("zero", f32, (1,))] if gran == codes.ASYMMETRIC else []
+  if rec["bias_dtype"] is not None:
+    sections.append(("bias", _dtype(rec["bias_dtype"]), (kept,)))
+  return sections
+
+
+def _kernel_sections(e: KernelEntry, flat: dict, fields: dict, step) -> tuple[dict, list]:
+  """Header record and ``[(section name, array)]`` of one mapped kernel; raises ValueError naming it."""
   name, slot = "/".join(e.path), (e.block, e.kernel)
   if e.path not in flat or flat[e.path].shape != e.shape:
     raise ValueError(f"kernel {name} is missing from params or its shape is not {e.shape}")
@@ -291,44 +193,46 @@ def _kernel_arrays(e: KernelEntry, flat: dict, fields: dict, step) -> tuple[dict
                      f"{int(zero.sum())} are zero; pass the compressed params (after apply_plan)")
   keep_mask = np.ones(out, bool)
   keep_mask[np.flatnonzero(zero)[:num_pruned]] = False
-  idx = np.flatnonzero(keep_mask).astype(np.int32)
+  idx = np.flatnonzero(keep_mask)
   kept = cols[:, idx]
-  arrays = {"indices": idx}
-  if bias is not None:
-    arrays["bias"], _ = _raw(bias[idx])
-  record = dict(path=name, shape=list(w.shape), dtype=w.dtype.name, bits=bits, fmt=fmt, gran=gran,
-                format_name=_format_name(bits, fmt, gran), granularity=codes.GRANULARITIES[gran],
-                kept=int(idx.size), num_codes=0, block=e.block, kernel=e.kernel, key_path=list(e.path),
+  record = dict(path=list(e.path), shape=list(w.shape), dtype=w.dtype.name, bits=bits, fmt=fmt,
+                gran=gran, format_name=format_label(bits, fmt, gran), kept=int(idx.size),
                 bias_path=None if bias is None else list(e.bias_path),
                 bias_dtype=None if bias is None else bias.dtype.name)
+  sections = [("keep", np.packbits(keep_mask, bitorder="little"))] if num_pruned else []
+  tail = [] if bias is None else [("bias", bias[idx])]
   if bits == codes.FP32_BITS:
-    arrays["weights"], _ = _raw(kept)
-    return arrays, record
+    return record, sections + [("weights", kept)] + tail
   if w.dtype != np.float32:
     raise ValueError(f"kernel {name} is {w.dtype}; quantized kernels must be float32")
   if gran == codes.ASYMMETRIC:
-    res = _encode_asymmetric(kept.reshape(-1, 1), float(cols.min()), float(cols.max()), bits)
+    res = codec.encode_asymmetric(kept.reshape(-1, 1), float(cols.min()), float(cols.max()), bits)
     solved = res is not None
-    if solved:
-      q, arrays["scales"], arrays["zero_point"] = res
+    q, scale_arrays = (res[0], [("scales", res[1]), ("zero", res[2])]) if solved else (None, [])
   else:
     per_channel = gran in (codes.PER_CHANNEL, codes.LEARNED)
     groups = kept if per_channel else kept.reshape(-1, 1)
     first = None if step is None or gran != codes.LEARNED else np.asarray(step, np.float32)[idx]
-    q, arrays["scales"], ok = _encode_symmetric(groups, code_table(bits, fmt, gran),
-                                                gran == codes.LEARNED, first)
-    solved = bool(ok.all())
+    q, scales, ok = codec.encode_symmetric(groups, code_table(bits, fmt, gran), gran == codes.LEARNED,
+                                           first)
+    solved, scale_arrays = bool(ok.all()), [("scales", scales)]
   if not solved:
-    raise ValueError(f"kernel {name} does not lie on its {record['granularity']} "
+    raise ValueError(f"kernel {name} does not lie on its {codes.GRANULARITIES[gran]} "
                      f"{record['format_name']} grid; export the compressed params (after apply_plan)")
-  arrays["codes"] = pack_codes(q.reshape(-1), bits)
-  record["num_codes"] = int(q.size)
-  return arrays, record
+  return record, sections + [("codes", pack_codes(q.reshape(-1), bits))] + scale_arrays + tail
+
+
+def _plan_json(a) -> dict:
+  """A plan field as JSON: dtype, shape and the shortest values that round-trip at that dtype."""
+  a = np.asarray(a)
+  values = [float(str(v)) if a.dtype.kind == "f" else int(v) for v in a.reshape(-1)]
+  return {"dtype": a.dtype.name, "shape": list(a.shape), "values": values}
 
 
 def export_model(params: Mapping, plan: CompressionPlan, kmap: KernelMap, path: str | os.PathLike,
-                 *, steps: Sequence | None = None, compress: bool = True) -> ExportInfo:
-  """Writes a compressed 'params' tree to one .npz file (see the module docstring).
+                 *, steps: Sequence | None = None, model_state: Mapping | None = None,
+                 compress: bool = False) -> ExportInfo:
+  """Writes a compressed model to one .npz file (layout in the module docstring).
 
   Args:
     params: the 'params' collection after `apply.apply_plan` (or QAT).
@@ -337,10 +241,13 @@ def export_model(params: Mapping, plan: CompressionPlan, kmap: KernelMap, path: 
     path: output file; written as given (no suffix added).
     steps: optional learned steps aligned with `kmap.entries`, ``[out]`` each;
       tried first as the scales of 'learned' kernels.
-    compress: `np.savez_compressed` (default) or plain `np.savez`.
+    model_state: the variables' other collections (``{'batch_stats': ...}``);
+      written as they are and counted.
+    compress: deflate the two members (default: stored, so the payload's bytes
+      are the file's).
 
   Returns:
-    ExportInfo with the file size and `accounting.storage_bits`.
+    ExportInfo with the file, payload and header sizes and `accounting.storage_bits`.
 
   Raises:
     ValueError naming the kernel: a plan shape that does not match the kernel
@@ -350,72 +257,124 @@ def export_model(params: Mapping, plan: CompressionPlan, kmap: KernelMap, path: 
   fields = _check_plan(plan, kmap)
   if steps is not None and len(steps) != len(kmap.entries):
     raise ValueError(f"steps has {len(steps)} entries; the kernel map has {len(kmap.entries)}")
+  model_state = dict(model_state or {})
+  if "params" in model_state:
+    raise ValueError("model_state holds a 'params' collection; pass the other collections only")
   flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(dict(params)).items()}
-  arrays, kernels, raw = {}, [], []
+  chunks, kernels = [], []
   for i, e in enumerate(kmap.entries):
-    kernel_arrays, record = _kernel_arrays(e, flat, fields, None if steps is None else steps[i])
+    record, sections = _kernel_sections(e, flat, fields, None if steps is None else steps[i])
+    layout = [(n, x.dtype, x.shape) for n, x in sections]
+    if layout != kernel_layout(record):  # the loader walks the payload with kernel_layout
+      raise RuntimeError(f"kernel {'/'.join(e.path)}: sections {layout} differ from the layout")
     kernels.append(record)
-    arrays.update({f"kernel.{i}.{k}": v for k, v in kernel_arrays.items()})
+    chunks += [_to_bytes(x) for _, x in sections]
   claimed = {e.path for e in kmap.entries} | {e.bias_path for e in kmap.entries}
-  for j, (p, x) in enumerate(kv for kv in flat.items() if kv[0] not in claimed):
-    arrays[f"param.{j}"], dtype = _raw(x)
-    raw.append(dict(path=list(p), dtype=dtype))
-  for k, v in fields.items():
-    arrays[f"plan.{k}"] = v
-  header = dict(file_version=FILE_VERSION, package="hirelc-jax", version=__version__,
+  trees = {"params": {p: x for p, x in flat.items() if p not in claimed}}
+  trees.update({c: {p: np.asarray(x) for p, x in traverse_util.flatten_dict(dict(t)).items()}
+                for c, t in model_state.items()})
+  collections = {c: [dict(path=list(p), shape=list(x.shape), dtype=x.dtype.name) for p, x in t.items()]
+                 for c, t in trees.items()}
+  chunks += [_to_bytes(x) for t in trees.values() for x in t.values()]
+  offset = sum(len(c) for c in chunks)
+  header = dict(magic=MAGIC, file_version=FILE_VERSION, version=__version__,
                 kernel_names=list(kmap.kernel_names), num_blocks=kmap.num_blocks,
-                kernels=kernels, params=raw)
-  payload = sum(a.nbytes for a in arrays.values())
-  arrays[HEADER_KEY] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+                plan={k: _plan_json(v) for k, v in fields.items()}, payload_bytes=offset,
+                kernels=kernels, collections=collections)
+  head = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
+  members = {HEADER_KEY: np.frombuffer(head, np.uint8),
+             PAYLOAD_KEY: np.frombuffer(b"".join(chunks), np.uint8)}
   with open(path, "wb") as f:
-    (np.savez_compressed if compress else np.savez)(f, **arrays)
-  return ExportInfo(os.fspath(path), os.path.getsize(path), payload,
-                    float(accounting.storage_bits(params, plan, kmap)), len(kmap.entries))
+    (np.savez_compressed if compress else np.savez)(f, **members)
+  counted = float(accounting.storage_bits(params, plan, kmap, model_state))
+  return ExportInfo(os.fspath(path), os.path.getsize(path), offset, len(head), counted,
+                    len(kmap.entries))
 
 
-def _load_kernel(data, i: int, rec: dict) -> tuple[np.ndarray, np.ndarray | None]:
-  """Rebuilds one kernel (and its bias) with pruned neurons as zeros."""
-  shape, bits, idx = tuple(rec["shape"]), rec["bits"], data[f"kernel.{i}.indices"]
-  rows = int(np.prod(shape[:-1]))
+def read_header(path: str | os.PathLike) -> dict:
+  """The decoded JSON header of an export file (see the module docstring)."""
+  with np.load(path, allow_pickle=False) as data:
+    return _header(data, path)
+
+
+def _header(data, path) -> dict:
+  if set(data.files) != {HEADER_KEY, PAYLOAD_KEY}:
+    raise ValueError(f"{path}: members {sorted(data.files)} are not an export file's "
+                     f"{[HEADER_KEY, PAYLOAD_KEY]}")
+  header = json.loads(zlib.decompress(data[HEADER_KEY].tobytes()).decode())
+  if header.get("magic") != MAGIC or header.get("file_version") != FILE_VERSION:
+    raise ValueError(f"{path}: export file version {header.get('file_version')} is not {FILE_VERSION}")
+  return header
+
+
+def _load_kernel(payload: np.ndarray, offset: int, rec: dict):
+  """Rebuilds one kernel ``shape`` (and its bias ``[out]``) with pruned neurons as zeros.
+
+  Returns (kernel, bias or None, the offset after the kernel's sections).
+  """
+  shape, bits, kept = tuple(rec["shape"]), rec["bits"], rec["kept"]
+  rows, out = int(np.prod(shape[:-1])), shape[-1]
+  s = {}
+  for name, dtype, sec_shape in kernel_layout(rec):
+    s[name], offset = _take(payload, offset, dtype, sec_shape)
+  idx = np.flatnonzero(np.unpackbits(s["keep"], bitorder="little")[:out]) if "keep" in s \
+      else np.arange(out)
+  if idx.size != kept:
+    raise ValueError(f"kernel {'/'.join(rec['path'])}: the keep map holds {idx.size} neurons, "
+                     f"the header says {kept}")
   if bits == codes.FP32_BITS:
-    kept = _unraw(data[f"kernel.{i}.weights"], rec["dtype"])
+    values = s["weights"]
   else:
-    q = unpack_codes(data[f"kernel.{i}.codes"], bits, rec["num_codes"]).reshape(rows, idx.size)
-    scales = data[f"kernel.{i}.scales"]
-    if rec["gran"] == codes.ASYMMETRIC:
-      kept = _decode(q, scales, data[f"kernel.{i}.zero_point"], None)
-    else:
-      kept = _decode(q, scales, None, code_table(bits, rec["fmt"], rec["gran"]))
-  w = np.zeros((rows, shape[-1]), kept.dtype)
-  w[:, idx] = kept.reshape(rows, idx.size)
+    q = unpack_codes(s["codes"], bits, rows * kept).reshape(rows, kept)
+    table = None if rec["gran"] == codes.ASYMMETRIC else code_table(bits, rec["fmt"], rec["gran"])
+    values = codec.decode(q, s["scales"], s.get("zero"), table)
+  w = np.zeros((rows, out), values.dtype)
+  w[:, idx] = values
   bias = None
-  if rec["bias_dtype"] is not None:
-    stored = _unraw(data[f"kernel.{i}.bias"], rec["bias_dtype"])
-    bias = np.zeros(shape[-1], stored.dtype)
-    bias[idx] = stored
-  return w.reshape(shape), bias
+  if "bias" in s:
+    bias = np.zeros(out, s["bias"].dtype)
+    bias[idx] = s["bias"]
+  return w.reshape(shape), bias, offset
 
 
-def load_export(path: str | os.PathLike) -> tuple[dict, CompressionPlan]:
+def load_variables(path: str | os.PathLike) -> tuple[dict, CompressionPlan]:
   """Reads a file written by `export_model`.
 
   Returns:
-    (params, plan): the nested 'params' dict of numpy arrays, equal to the
-    exported compressed params (kept columns bit for bit, pruned neurons as
-    zeros), and the CompressionPlan.
+    (variables, plan): the flax variables dict ``{'params': ..., **model_state}``
+    of numpy arrays, ready for ``module.apply`` (kept kernel columns equal the
+    exported ones bit for bit, pruned neurons are zeros, every other leaf is
+    byte for byte the exported one), and the CompressionPlan.
   """
   with np.load(path, allow_pickle=False) as data:
-    header = json.loads(data[HEADER_KEY].tobytes().decode())
-    if header.get("file_version") != FILE_VERSION:
-      raise ValueError(f"{path}: export file version {header.get('file_version')} is not "
-                       f"{FILE_VERSION}")
-    flat = {}
-    for i, rec in enumerate(header["kernels"]):
-      w, bias = _load_kernel(data, i, rec)
-      flat[tuple(rec["key_path"])] = w
-      if bias is not None:
-        flat[tuple(rec["bias_path"])] = bias
-    for j, rec in enumerate(header["params"]):
-      flat[tuple(rec["path"])] = _unraw(data[f"param.{j}"], rec["dtype"])
-    plan = CompressionPlan(*(jnp.asarray(data[f"plan.{k}"]) for k in ("bits", "keep", "fmt", "gran")))
-  return traverse_util.unflatten_dict(flat), plan
+    header = _header(data, path)
+    payload = data[PAYLOAD_KEY]
+  if payload.size != header["payload_bytes"]:
+    raise ValueError(f"{path}: payload holds {payload.size} bytes, the header says "
+                     f"{header['payload_bytes']}")
+  flat, offset = {}, 0
+  for rec in header["kernels"]:
+    w, bias, offset = _load_kernel(payload, offset, rec)
+    flat[tuple(rec["path"])] = w
+    if bias is not None:
+      flat[tuple(rec["bias_path"])] = bias
+  variables = {}
+  for name, leaves in header["collections"].items():
+    tree = flat if name == "params" else {}
+    for rec in leaves:
+      tree[tuple(rec["path"])], offset = _take(payload, offset, _dtype(rec["dtype"]), tuple(rec["shape"]))
+    variables[name] = traverse_util.unflatten_dict(tree) if tree else {}
+  if offset != payload.size:
+    raise ValueError(f"{path}: the header's sections end at byte {offset} of a {payload.size}-byte payload")
+  plan = CompressionPlan(*(jnp.asarray(np.array(f["values"], f["dtype"]).reshape(f["shape"]))
+                           for f in (header["plan"][k] for k in PLAN_FIELDS)))
+  return variables, plan
+
+
+def load_export(path: str | os.PathLike) -> tuple[dict, CompressionPlan]:
+  """Reads a file written by `export_model`: (the 'params' dict, the CompressionPlan).
+
+  The other collections (e.g. ``batch_stats``) are in `load_variables`.
+  """
+  variables, plan = load_variables(path)
+  return variables["params"], plan

@@ -1,7 +1,5 @@
 """Export of compressed params to one .npz file, and the bit-exact loader."""
 
-import json
-
 import jax
 import jax.numpy as jnp
 import ml_dtypes
@@ -10,7 +8,7 @@ import pytest
 from flax import traverse_util
 from hypothesis import given, settings, strategies as st
 
-from hirelc_jax.compression import apply, codes, export, formats
+from hirelc_jax.compression import accounting, apply, codec, codes, export, formats
 from hirelc_jax.compression.kernel_map import build_kernel_map
 from hirelc_jax.compression.plan import make_plan, uniform_plan
 from hirelc_jax.compression.prune import kept_count
@@ -107,9 +105,12 @@ def test_conv_kernel_round_trip(tmp_path):
 @given(bits=st.integers(codes.MIN_BITS, codes.MAX_BITS), n=st.integers(0, 70), seed=st.integers(0, 2**16))
 def test_pack_unpack_is_exact(bits, n, seed):
   values = np.random.default_rng(seed).integers(0, 2 ** bits, n).astype(np.uint8)
-  words = export.pack_codes(values, bits)
-  assert words.dtype == np.uint32 and words.size == -(-n * bits // 32)
-  np.testing.assert_array_equal(export.unpack_codes(words, bits, n), values)
+  packed = export.pack_codes(values, bits)
+  assert packed.dtype == np.uint8 and packed.size == -(-n * bits // 8) == codec.packed_bytes(n, bits)
+  np.testing.assert_array_equal(export.unpack_codes(packed, bits, n), values)
+  stream = np.unpackbits(packed, bitorder="little")
+  assert not stream[n * bits:].any()  # padding bits are zero
+  np.testing.assert_array_equal(stream[:n * bits].reshape(n, bits) @ (2 ** np.arange(bits)), values)
 
 
 def test_pack_rejects_codes_out_of_range():
@@ -148,46 +149,60 @@ def test_code_tables_are_the_quantizer_grids(bits):
   np.testing.assert_array_equal(log[1:qmax + 1], 2.0 ** np.arange(-(qmax - 1), 1))
 
 
-def test_file_holds_only_kept_neurons(setup, tmp_path):
+def test_file_holds_only_the_counted_sections(setup, tmp_path):
   params, kmap = setup
   plan = make_plan([[4, 32], [3, 8]], [[0.5, 0.25], [0.75, 1.0]], [["int", "int"], ["float", "int"]],
                    [["per_channel", "uniform"], ["learned", "asymmetric"]])
-  _, path = round_trip(tmp_path, apply.apply_plan(params, plan, kmap), plan, kmap)
+  compressed = apply.apply_plan(params, plan, kmap)
+  info, path = round_trip(tmp_path, compressed, plan, kmap)
   with np.load(path) as data:
-    header = json.loads(data[export.HEADER_KEY].tobytes().decode())
-    for i, (e, rec) in enumerate(zip(kmap.entries, header["kernels"])):
-      bits, kept = rec["bits"], int(kept_count(plan.keep[e.block, e.kernel], e.num_out))
-      assert rec["path"] == "/".join(e.path) and rec["shape"] == list(e.shape) and rec["kept"] == kept
-      assert data[f"kernel.{i}.indices"].dtype == np.int32
-      assert data[f"kernel.{i}.indices"].shape == (kept,)
-      if e.bias_path is not None:
-        assert data[f"kernel.{i}.bias"].shape == (kept,)
-      if bits == codes.FP32_BITS:
-        assert data[f"kernel.{i}.weights"].shape == (e.fan_in, kept)
-        continue
-      assert rec["num_codes"] == e.fan_in * kept
-      assert data[f"kernel.{i}.codes"].shape == (-(-e.fan_in * kept * bits // 32),)
-      per_channel = rec["gran"] in (codes.PER_CHANNEL, codes.LEARNED)
-      assert data[f"kernel.{i}.scales"].shape == ((kept,) if per_channel else (1,))
-  names = [(r["format_name"], r["granularity"]) for r in header["kernels"]]
-  assert names == [("int4", "per_channel"), ("fp32", "uniform"), ("e1m1", "learned"),
-                   ("int8_asym", "asymmetric")]
+    assert sorted(data.files) == sorted([export.HEADER_KEY, export.PAYLOAD_KEY])
+    assert data[export.PAYLOAD_KEY].size == info.payload_bytes
+    assert data[export.HEADER_KEY].size == info.header_bytes
+  header = export.read_header(path)
+  expected = [[("keep", 1), ("codes", 12), ("scales", 16), ("bias", 16)],  # int4 per channel, 4 of 8 kept
+              [("keep", 1), ("weights", 64)],                             # fp32 [8, 2 of 6 kept]
+              [("keep", 1), ("codes", 14), ("scales", 24), ("bias", 24)],  # 3-bit e1m1 learned, 6 of 8
+              [("codes", 48), ("scales", 4), ("zero", 4)]]                 # int8 asym, all 6 kept: no bitmap
+  for e, rec, want in zip(kmap.entries, header["kernels"], expected):
+    kept = int(kept_count(plan.keep[e.block, e.kernel], e.num_out))
+    assert rec["path"] == list(e.path) and rec["shape"] == list(e.shape) and rec["kept"] == kept
+    layout = [(n, int(np.prod(shape)) * dtype.itemsize) for n, dtype, shape in export.kernel_layout(rec)]
+    assert layout == want, rec["path"]
+  others = (6 * 3 + 3) * 4 + 4 * 2 * 2 + 3 * 4  # head kernel and bias, bf16 emb, int32 count
+  assert info.payload_bytes == sum(n for want in expected for _, n in want) + others
+  names = [r["format_name"] for r in header["kernels"]]
+  assert names == ["int4", "fp32", "e1m1", "int8_asym"]
+  assert [r["path"] for r in header["collections"]["params"]] == [["head", "kernel"], ["head", "bias"],
+                                                                 ["emb"], ["count"]]
   assert header["version"] and header["file_version"] == export.FILE_VERSION
+  assert header["payload_bytes"] == info.payload_bytes
 
 
 @pytest.mark.parametrize("compress", [True, False])
 @pytest.mark.parametrize("keep", [0.5, 1.0])
-def test_file_size_is_close_to_storage_bits(tmp_path, compress, keep):
+def test_file_size_is_the_counted_storage_plus_a_fixed_header(tmp_path, compress, keep):
   rng = np.random.default_rng(0)
-  params = {"block_0": {"fc": {"kernel": jnp.asarray(rng.normal(size=(256, 256)), jnp.float32),
-                               "bias": jnp.zeros(256, jnp.float32)}}}
+  params = {"block_0": {"fc": {"kernel": jnp.asarray(rng.normal(size=(256, 257)), jnp.float32),
+                               "bias": jnp.zeros(257, jnp.float32)}}}
   kmap = build_kernel_map(params, [(r"block_(?P<block>\d+)/fc/kernel", "fc")], ("fc",))
-  plan = uniform_plan(1, 1, bits=4, keep=keep, gran="per_channel")
+  plan = uniform_plan(1, 1, bits=3, keep=keep, gran="per_channel")
   compressed = apply.apply_plan(params, plan, kmap)
   info, _ = round_trip(tmp_path, compressed, plan, kmap, compress=compress)
-  assert info.file_bytes < 1.3 * info.storage_bits / 8 + 4096
-  # The arrays alone hold the accounted bits, with int32 indices in place of the bitmap.
-  assert info.storage_bits / 8 <= info.payload_bytes <= info.storage_bits / 8 + 4 * 256 + 64
+  assert info.storage_bits == float(accounting.storage_bits(compressed, plan, kmap))
+  # Byte padding of the keep bitmap (257 bits) and the codes (3 * 256 * kept bits) only.
+  assert 0 <= 8 * info.payload_bytes - info.storage_bits <= 14
+  assert info.counted_bytes == info.storage_bits / 8
+  if not compress:
+    assert info.payload_bytes + info.header_bytes < info.file_bytes <= info.counted_bytes + 4096
+  assert info.file_bytes <= info.counted_bytes + 4096
+
+
+def test_a_file_that_is_not_an_export_is_refused(tmp_path):
+  path = tmp_path / "other.npz"
+  np.savez(path, payload=np.zeros(3, np.uint8))
+  with pytest.raises(ValueError, match="are not an export file's"):
+    export.load_export(path)
 
 
 @pytest.mark.parametrize("fmt, gran", [("int", "uniform"), ("int", "per_channel"), ("int", "learned"),
