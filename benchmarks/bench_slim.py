@@ -8,9 +8,9 @@ CNN: a jitted forward pass of
     attn_proj / mlp_fc2 outputs gathered back into the residual width),
   * slim_residual_masked (ViT only): slim, but attn_proj / mlp_fc2 keep their
     pruned output columns (zeros), to see whether the gather pays,
-at batch 1 and 256. Each row times single calls in ROUNDS rounds (median per
-call over all of them, and each round's median to show the spread) and
-records the load average before and after. vit_tiny uses the plan recorded in
+at batch 1 and 256. The variants of one (model, batch) are timed interleaved,
+single calls in ROUNDS rounds (median per call over all of them, and each
+round's median to show the spread), with the load average before and after. vit_tiny uses the plan recorded in
 results/run_vit_tiny_default/report.json; no CNN plan is recorded, so the CNN
 uses INT4 per-channel with keep 0.5 in every slot. Params are random-init
 (speed depends on shapes only; which q/k/v rows survive, and so the qkv widths,
@@ -22,6 +22,7 @@ Usage: python benchmarks/bench_slim.py [--force] [model ...]
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pathlib
@@ -42,8 +43,8 @@ from hirelc_jax.training import baseline  # noqa: E402
 NAME = "slim"
 SHAPE = (28, 28, 1)
 BATCHES = (1, 256)
-ROUNDS = 5
-ROUND_S = 2.0        # seconds of calls per round
+ROUNDS = 7
+ROUND_S = 1.5        # seconds of calls per variant and round
 MIN_CALLS = 5        # calls per round at least
 REPORT = common.RESULTS / "run_vit_tiny_default" / "report.json"
 CNN_PLAN = dict(bits=4, keep=0.5, gran="per_channel")
@@ -93,22 +94,32 @@ def setup(model: str) -> dict:
   return {"variants": variants, "info": info}
 
 
-def time_calls(fn, x) -> dict:
-  """Per-call seconds of `fn(x)` over ROUNDS rounds: overall median and each round's."""
-  for _ in range(3):
-    jax.block_until_ready(fn(x))
-  rounds = []
-  for _ in range(ROUNDS):
-    times, start = [], time.perf_counter()
-    while len(times) < MIN_CALLS or time.perf_counter() - start < ROUND_S:
-      t = time.perf_counter()
-      jax.block_until_ready(fn(x))
-      times.append(time.perf_counter() - t)
-    rounds.append(times)
-  every = np.concatenate(rounds)
-  return {"median_s": float(np.median(every)), "p10_s": float(np.percentile(every, 10)),
-          "p90_s": float(np.percentile(every, 90)), "calls": int(every.size),
-          "round_medians_s": [float(np.median(r)) for r in rounds]}
+def time_group(fns: dict, x) -> dict:
+  """Per-call seconds of each ``fns[name](x)``, interleaved: ROUNDS rounds, each timing
+  every variant for ROUND_S in a rotated order, so a change of load hits all alike.
+
+  Returns name -> overall median, p10, p90, number of calls and each round's median.
+  """
+  names = list(fns)
+  for name in names:
+    for _ in range(3):
+      jax.block_until_ready(fns[name](x))
+  times = {name: [] for name in names}
+  for r in range(ROUNDS):
+    for name in names[r % len(names):] + names[:r % len(names)]:
+      fn, calls, start = fns[name], [], time.perf_counter()
+      while len(calls) < MIN_CALLS or time.perf_counter() - start < ROUND_S:
+        t = time.perf_counter()
+        jax.block_until_ready(fn(x))
+        calls.append(time.perf_counter() - t)
+      times[name].append(calls)
+  out = {}
+  for name, rounds in times.items():
+    every = np.concatenate(rounds)
+    out[name] = {"median_s": float(np.median(every)), "p10_s": float(np.percentile(every, 10)),
+                 "p90_s": float(np.percentile(every, 90)), "calls": int(every.size),
+                 "round_medians_s": [float(np.median(b)) for b in rounds]}
+  return out
 
 
 def load_rows() -> tuple[list, dict]:
@@ -128,22 +139,27 @@ def main(argv) -> None:
     built = setup(model)
     infos[model] = built["info"]
     for batch in BATCHES:
+      todo = {v: mp for v, mp in built["variants"].items() if force or (model, v, batch) not in done}
+      if not todo:
+        continue
       x = jnp.asarray(np.random.default_rng(batch).normal(size=(batch,) + SHAPE), jnp.float32)
-      for variant, (module, params) in built["variants"].items():
-        if (model, variant, batch) in done and not force:
-          continue
-        variables, forward = {"params": jax.device_put(params)}, jax.jit(module.apply)
-        load_before = os.getloadavg()
-        t = time_calls(lambda x: forward(variables, x), x)
+      fns = {v: functools.partial(jax.jit(m.apply), {"params": jax.device_put(p)})
+             for v, (m, p) in todo.items()}
+      load_before = os.getloadavg()
+      group_stats = time_group(fns, x)
+      load_after = os.getloadavg()
+      rows = [r for r in rows if (r["model"], r["variant"], r["batch"]) not in
+              {(model, v, batch) for v in todo}]
+      for variant, t in group_stats.items():
         row = {"model": model, "variant": variant, "batch": batch, "latency_ms": 1e3 * t["median_s"],
                "img_per_s": batch / t["median_s"], **t, "loadavg_before": list(load_before),
-               "loadavg_after": list(os.getloadavg()), "commit": common.code_version()}
-        rows = [r for r in rows if (r["model"], r["variant"], r["batch"]) != (model, variant, batch)]
+               "loadavg_after": list(load_after), "commit": common.code_version()}
         rows.append(row)
         print(f"{model:>9} {variant:>21} b={batch:<4} {row['latency_ms']:9.3f} ms  "
-              f"{row['img_per_s']:10.1f} img/s  load {load_before[0]:.2f}", flush=True)
-        common.write(NAME, {"input_shape": list(SHAPE), "batches": list(BATCHES),
-                            "models": infos, "rows": rows})
+              f"{row['img_per_s']:10.1f} img/s  load {load_before[0]:.2f}-{load_after[0]:.2f}",
+              flush=True)
+      common.write(NAME, {"input_shape": list(SHAPE), "batches": list(BATCHES),
+                          "models": infos, "rows": rows})
   summary(rows)
 
 
