@@ -17,7 +17,7 @@ uses INT4 per-channel with keep 0.5 in every slot. Params are random-init
 follows the l2 ranking of the random weights). Also records per model the
 slim kernel widths, the padding left masked and `slim.dead_storage`.
 Resumable: finished (model, variant, batch) rows are kept; --force redoes them.
-Usage: python benchmarks/bench_slim.py [--force] [model ...]
+Usage: python benchmarks/bench_slim.py [--force] [model ...]; --table prints the README table.
 """
 
 from __future__ import annotations
@@ -173,5 +173,24 @@ def summary(rows) -> None:
           f"{r['img_per_s']:10.1f} img/s  {speedup}")
 
 
+def table(rows, infos) -> str:
+  """The README table: per model and batch, ms per batch and images/s of each variant."""
+  variants = ["baseline", "masked", "slim", "slim_residual_masked"]
+  get = {(r["model"], r["batch"], r["variant"]): r for r in rows}
+  lines = ["| model | batch | " + " | ".join(variants) + " | slim speed-up |",
+           "|---|---:|" + "---:|" * (len(variants) + 1)]
+  for model in infos:
+    for batch in BATCHES:
+      cells = [f"{get[model, batch, v]['latency_ms']:.2f} ms ({get[model, batch, v]['img_per_s']:,.0f}/s)"
+               if (model, batch, v) in get else "-" for v in variants]
+      base, fast = get.get((model, batch, "baseline")), get.get((model, batch, "slim"))
+      speedup = f"{base['median_s'] / fast['median_s']:.2f}x" if base and fast else "-"
+      lines.append(f"| {model} | {batch} | " + " | ".join(cells) + f" | {speedup} |")
+  return "\n".join(lines)
+
+
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  if "--table" in sys.argv:
+    print(table(*load_rows()))
+  else:
+    main(sys.argv[1:])
