@@ -156,10 +156,10 @@ def make_error_table(setup: Setup) -> error_table.ErrorTable:
 
 
 def plan_metrics(setup: Setup, plan: CompressionPlan) -> dict:
-  params = setup.variables["params"]
-  return {"compression_ratio": float(accounting.compression_ratio(params, plan, setup.kmap)),
+  params, state = accounting.split_variables(setup.variables)  # batch_stats are stored and counted too
+  return {"compression_ratio": float(accounting.compression_ratio(params, plan, setup.kmap, state)),
           "paper_compression_ratio": float(accounting.paper_compression_ratio(plan, setup.kmap)),
-          "storage_bits": float(accounting.storage_bits(params, plan, setup.kmap))}
+          "storage_bits": float(accounting.storage_bits(params, plan, setup.kmap, state))}
 
 
 UNIFORM_BASELINES = (("INT8", 8, "int"), ("INT6", 6, "int"), ("INT4", 4, "int"), ("INT3", 3, "int"),

@@ -79,8 +79,8 @@ class Search:
     self.encode = jax.jit(jax.vmap(lambda p: encode_plan(p, self.present)))
     self.plan_error = jax.jit(jax.vmap(lambda p: error_table.plan_error(table, p))) \
         if table is not None else None
-    params = setup.variables["params"]
-    self.ratios = jax.jit(jax.vmap(lambda p: accounting.compression_ratio(params, p, kmap)))
+    params, state = accounting.split_variables(setup.variables)
+    self.ratios = jax.jit(jax.vmap(lambda p: accounting.compression_ratio(params, p, kmap, state)))
     self.hla = search.EnsembleTrainer(budget_env.BudgetEnv(kmap.num_blocks), self.config.hla,
                                       nested=False)
     goal = self.config.goal

@@ -8,7 +8,7 @@ import time
 import jax
 import numpy as np
 
-from hirelc_jax.compression import codes, export
+from hirelc_jax.compression import accounting, codes, export
 from hirelc_jax.compression.formats import format_name
 
 
@@ -35,12 +35,18 @@ def plan_table(plan, kmap) -> list:
 
 def finalize(setup, state, best: int, tuned: dict, base: dict, test_acc: float, sens, phases: dict,
              start: float, out_dir: pathlib.Path, *, schedule: str, log) -> dict:
-  """Exports the best plan's weights, writes report.json/report.md and the plots."""
+  """Exports the best plan's variables, writes report.json/report.md and the plots.
+
+  report.json's "export" holds the file's bytes on disk, its payload and header
+  bytes, and ``storage_bytes``, the counted storage (`accounting.storage_bits` / 8).
+  """
   from hirelc_jax import plots, report as report_io
   config, record = setup.config, state.records[best]
   t = time.perf_counter()
   plan = _best_plan(state, best, setup)
-  info = export.export_model(tuned["params"], plan, setup.kmap, out_dir / "model_export.npz")
+  params, model_state = accounting.split_variables(tuned)  # e.g. batch_stats: exported and counted
+  info = export.export_model(params, plan, setup.kmap, out_dir / "model_export.npz",
+                            model_state=model_state)
   phases["export"] = time.perf_counter() - t
   err = state.surrogate
   predictions = [{"cycle": r["cycle"], "predicted": r["predicted_accuracy"],
@@ -58,9 +64,10 @@ def finalize(setup, state, best: int, tuned: dict, base: dict, test_acc: float, 
       "compression_ratio": record["compression_ratio"],
       "paper_compression_ratio": record["paper_compression_ratio"],
       "storage_bits": record["storage_bits"],
-      "fp32_bits": float(sum(32 * np.size(x) for x in jax.tree.leaves(setup.variables["params"]))),
+      "fp32_bits": accounting.fp32_bits(*accounting.split_variables(setup.variables)),
       "export": {"path": str(info.path), "file_bytes": int(info.file_bytes),
-                 "storage_bytes": float(info.storage_bits) / 8},
+                 "payload_bytes": int(info.payload_bytes), "header_bytes": int(info.header_bytes),
+                 "storage_bytes": float(info.counted_bytes)},
       "kernel_names": list(setup.kmap.kernel_names),
       "plan": plan_table(plan, setup.kmap),
       "sensitivity": np.asarray(sens.block).tolist(),
