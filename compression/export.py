@@ -14,7 +14,7 @@ stored uncompressed by default:
                ('params' first, then e.g. 'batch_stats'), each other leaf's
                path, shape and dtype. No offsets: the records fix every
                section's size (`kernel_layout`), and the sections follow each
-               other in record order. 0.6-1.5 KB on the registry models.
+               other in record order. 0.4-1.5 KB on the registry models.
   ``payload``  the model's bytes: exactly the sections `accounting.storage_bits`
                counts, each byte-aligned, little-endian, nothing between them.
 
