@@ -28,6 +28,7 @@ import common  # noqa: E402
 from hirelc_jax import models  # noqa: E402
 from hirelc_jax.compression import accounting, apply, codes, export  # noqa: E402
 from hirelc_jax.compression.plan import CompressionPlan, make_plan  # noqa: E402
+from hirelc_jax.training import baseline  # noqa: E402
 
 MODELS = (("vit_mu", (8, 8, 1)), ("vit_tiny", (28, 28, 1)), ("cnn", (28, 28, 1)),
           ("resnet18", (32, 32, 3)))
@@ -95,14 +96,15 @@ def main() -> None:
   rows = []
   with tempfile.TemporaryDirectory() as tmp:
     for name, shape in MODELS:
-      spec = models.build_model(name, num_classes=10, image_shape=shape)
+      patch = baseline.default_patch_size(name, shape)  # as the CLI run builds it
+      spec = models.build_model(name, num_classes=10, image_shape=shape, patch_size=patch)
       variables = models.init_params(spec, jax.random.key(0))
       kmap = models.kernel_map(variables["params"], spec)
       plans = [("mixed 2-4 bits, keep 0.5-1", mixed_plan(kmap))]
       if name == "vit_tiny" and recorded_plan(kmap) is not None:
         plans.append(("recorded run_vit_tiny_default best cycle", recorded_plan(kmap)))
       for label, plan in plans:
-        row = {"model": name, "image_shape": list(shape), "plan": label,
+        row = {"model": name, "image_shape": list(shape), "patch_size": patch, "plan": label,
                **measure(variables, plan, kmap, pathlib.Path(tmp))}
         rows.append(row)
         print(f"{name:9s} {label[:30]:30s} counted {row['counted_bytes']:>11,.1f}  payload "
