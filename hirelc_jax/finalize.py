@@ -46,7 +46,7 @@ def finalize(setup, state, best: int, tuned: dict, base: dict, test_acc: float, 
   plan = _best_plan(state, best, setup)
   params, model_state = accounting.split_variables(tuned)  # e.g. batch_stats: exported and counted
   info = export.export_model(params, plan, setup.kmap, out_dir / "model_export.npz",
-                            model_state=model_state)
+                             model_state=model_state)
   phases["export"] = time.perf_counter() - t
   err = state.surrogate
   predictions = [{"cycle": r["cycle"], "predicted": r["predicted_accuracy"],
@@ -67,7 +67,8 @@ def finalize(setup, state, best: int, tuned: dict, base: dict, test_acc: float, 
       "fp32_bits": accounting.fp32_bits(*accounting.split_variables(setup.variables)),
       "export": {"path": str(info.path), "file_bytes": int(info.file_bytes),
                  "payload_bytes": int(info.payload_bytes), "header_bytes": int(info.header_bytes),
-                 "storage_bytes": float(info.counted_bytes)},
+                 "storage_bytes": float(info.counted_bytes),
+                 "dead_rows_bytes": _dead_rows_bytes(params, plan, setup)},
       "kernel_names": list(setup.kmap.kernel_names),
       "plan": plan_table(plan, setup.kmap),
       "sensitivity": np.asarray(sens.block).tolist(),
@@ -81,6 +82,18 @@ def finalize(setup, state, best: int, tuned: dict, base: dict, test_acc: float, 
   log("result", best_cycle=best + 1, final_accuracy=test_acc, accuracy_drop=drop,
       compression_ratio=record["compression_ratio"], message=report_io.final_table(result))
   return result
+
+
+def _dead_rows_bytes(params, plan, setup) -> float | None:
+  """Counted bytes of weights made dead by pruning upstream, which a slim model drops.
+
+  None for a model `compression.slim` has no slim form of (ResNet-18, users' models).
+  """
+  from hirelc_jax.compression import slim
+  from hirelc_jax.models import cnn, vit
+  if not isinstance(setup.spec.module, (vit.ViT, cnn.SmallCNN)):
+    return None
+  return float(slim.dead_storage(params, plan, setup.kmap, setup.spec)["dead_bytes"])
 
 
 def _best_plan(state, best: int, setup):

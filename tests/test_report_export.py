@@ -17,3 +17,11 @@ def test_headline_without_the_parts_keeps_both_sizes():
   lines = report.render_markdown({"export": {"file_bytes": 2_123_456, "storage_bytes": 2.0e6}}).splitlines()
   line = next(l for l in lines if "Export file on disk" in l)
   assert "(2,123,456 B) vs" in line and "= payload" not in line
+
+
+def test_headline_shows_the_bytes_a_slim_model_drops():
+  r = {"export": {"file_bytes": 18_900, "storage_bytes": 17_388.0, "dead_rows_bytes": 4_096.0}}
+  line = next(l for l in report.render_markdown(r).splitlines() if "made dead" in l)
+  assert "(4,096 B)" in line
+  line = next(l for l in report.render_markdown({"export": {}}).splitlines() if "made dead" in l)
+  assert "(" not in line.split("|")[-2]  # not recorded: shown as missing, not as 0

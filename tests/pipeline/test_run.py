@@ -65,6 +65,27 @@ def test_export_reloads_to_the_fine_tuned_accuracy(first_run):
   assert acc == pytest.approx(report["final_accuracy"], abs=1e-9)
 
 
+def test_export_file_is_the_counted_storage_and_slim_gives_the_same_logits(first_run):
+  run_dir, report = first_run
+  from hirelc_jax import config as C
+  from hirelc_jax import experiment
+  from hirelc_jax.compression import slim
+  info = report["export"]
+  assert info["storage_bytes"] == pytest.approx(report["storage_bits"] / 8)
+  kernels = sum(len(block) for block in report["plan"])  # each pads its bitmap and codes to bytes
+  assert info["storage_bytes"] <= info["payload_bytes"] < info["storage_bytes"] + 2 * kernels
+  assert info["file_bytes"] <= info["storage_bytes"] + 4096
+  setup = experiment.prepare(C.load(run_dir / "config.json"), quiet=True, log=lambda m: None)
+  params, plan = export.load_export(run_dir / "model_export.npz")
+  assert info["dead_rows_bytes"] == pytest.approx(
+      slim.dead_storage(params, plan, setup.kmap, setup.spec)["dead_bytes"])
+  module, slim_params = slim.load_slim(run_dir / "model_export.npz", setup.spec)[:2]
+  x = setup.data.x_test[:16]
+  want = setup.spec.module.apply({"params": params}, x)
+  got = module.apply({"params": slim_params}, x)
+  assert float(abs(got - want).max()) < 1e-4
+
+
 def test_same_seed_gives_the_same_result(first_run, tmp_path):
   _, report = first_run
   assert cli.main(SMOKE + ["--output-dir", str(tmp_path)]) == 0
