@@ -4,7 +4,7 @@ For vit_tiny (28x28x1, 14 px patches as in the default CLI run) and the small
 CNN: a jitted forward pass of
   * baseline: the uncompressed model,
   * masked: `apply_plan`'s params (pruned neurons zero, fake-quantized), same shapes,
-  * slim: `compression.slim.slim_model` (pruned neurons and dead inputs removed,
+  * slim: `hirelc_jax.slim.slim_model` (pruned neurons and dead inputs removed,
     attn_proj / mlp_fc2 outputs gathered back into the residual width),
   * slim_residual_masked (ViT only): slim, but attn_proj / mlp_fc2 keep their
     pruned output columns (zeros), to see whether the gather pays,
@@ -36,7 +36,8 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import common  # noqa: E402
 from hirelc_jax import models  # noqa: E402
-from hirelc_jax.compression import apply, slim  # noqa: E402
+from hirelc_jax import slim  # noqa: E402
+from hirelc_jax.compression import apply  # noqa: E402
 from hirelc_jax.compression.plan import make_plan, uniform_plan  # noqa: E402
 from hirelc_jax.training import baseline  # noqa: E402
 

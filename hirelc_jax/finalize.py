@@ -87,9 +87,9 @@ def finalize(setup, state, best: int, tuned: dict, base: dict, test_acc: float, 
 def _dead_rows_bytes(params, plan, setup) -> float | None:
   """Counted bytes of weights made dead by pruning upstream, which a slim model drops.
 
-  None for a model `compression.slim` has no slim form of (ResNet-18, users' models).
+  None for a model `hirelc_jax.slim` has no slim form of (ResNet-18, users' models).
   """
-  from hirelc_jax.compression import slim
+  from hirelc_jax import slim
   from hirelc_jax.models import cnn, vit
   if not isinstance(setup.spec.module, (vit.ViT, cnn.SmallCNN)):
     return None

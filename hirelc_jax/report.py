@@ -198,7 +198,7 @@ def _headline(r: Mapping) -> list[str]:
       ("Storage (computed) vs fp32", f"{_mib(r.get('storage_bits'))} vs {_mib(r.get('fp32_bits'))}"),
       ("Export file on disk vs counted storage (the payload is the counted sections, byte-padded)",
        f"{_bytes(file_bytes)}{parts} vs {_bytes(storage_bytes)}"),
-      ("Counted bytes of weights made dead by pruning upstream (`compression.slim.load_slim` "
+      ("Counted bytes of weights made dead by pruning upstream (`hirelc_jax.slim.load_slim` "
        "drops them)", _bytes(export.get("dead_rows_bytes"))),
       ("Export path", f"`{(r.get('export') or {}).get('path')}`" if (r.get("export") or {}).get("path")
        else NA),

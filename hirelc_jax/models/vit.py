@@ -58,7 +58,7 @@ LN_EPS = 1e-6  # timm's ViT LayerNorm epsilon.
 
 @dataclasses.dataclass(frozen=True)
 class BlockWidths:
-  """Kernel widths of one block of a slimmed ViT (built by `compression.slim`); hashable.
+  """Kernel widths of one block of a slimmed ViT (built by `hirelc_jax.slim`); hashable.
 
   Attributes:
     qk_dim: query/key width per head (None: width / num_heads); the score

@@ -16,8 +16,8 @@ SMOKE = ["--model", "vit_mu", "--dataset", "digits", "--schedule", "smoke", "--q
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-  path = tmp_path_factory.mktemp("cache")
+def cache(smoke_cache):
+  path = smoke_cache
   old = os.environ.get("HIRELC_JAX_CACHE")
   os.environ["HIRELC_JAX_CACHE"] = str(path)
   yield path
@@ -69,7 +69,7 @@ def test_export_file_is_the_counted_storage_and_slim_gives_the_same_logits(first
   run_dir, report = first_run
   from hirelc_jax import config as C
   from hirelc_jax import experiment
-  from hirelc_jax.compression import slim
+  from hirelc_jax import slim
   info = report["export"]
   assert info["storage_bytes"] == pytest.approx(report["storage_bits"] / 8)
   kernels = sum(len(block) for block in report["plan"])  # each pads its bitmap and codes to bytes

@@ -9,8 +9,8 @@ import pytest
 from flax import traverse_util
 from hypothesis import given, settings, strategies as st
 
-from hirelc_jax import models
-from hirelc_jax.compression import accounting, apply, codes, export, slim
+from hirelc_jax import models, slim
+from hirelc_jax.compression import accounting, apply, codes, export
 from hirelc_jax.compression.kernel_map import build_kernel_map
 from hirelc_jax.compression.plan import make_plan, uniform_plan
 from hirelc_jax.models import vit
@@ -88,13 +88,18 @@ def test_slim_logits_match_masked_and_storage_identity(model, images, seed, heav
   assert got == pytest.approx(expect, abs=0.5)
 
 
-def test_vit_kernels_shrink_by_the_kept_counts(images):
-  spec = models.build_model("vit_mu", num_classes=10, image_shape=SHAPE)
+def uniform_slim(model: str, bits: int, keep: float):
+  """(spec, kmap, plan, masked params, slim module, slim params) under one uniform plan."""
+  spec = models.build_model(model, num_classes=10, image_shape=SHAPE)
   params = models.init_params(spec, jax.random.key(0))["params"]
   kmap = models.kernel_map(params, spec)
-  plan = uniform_plan(*kmap.plan_shape, bits=4, keep=0.5, gran="per_channel")
+  plan = uniform_plan(*kmap.plan_shape, bits=bits, keep=keep, gran="per_channel")
   masked = apply.apply_plan(params, plan, kmap)
-  module, sp = slim.slim_model(masked, plan, kmap, spec)
+  return (spec, kmap, plan, masked) + tuple(slim.slim_model(masked, plan, kmap, spec))
+
+
+def test_vit_kernels_shrink_by_the_kept_counts(images):
+  spec, kmap, plan, masked, module, sp = uniform_slim("vit_mu", 4, 0.5)
   masks = dict(zip([e.path for e in kmap.entries], slim.neuron_masks(masked, plan, kmap)))
   for b, w in enumerate(module.block_widths):
     blk = sp[f"block_{b}"]
@@ -138,12 +143,7 @@ def test_qkv_heads_pad_to_the_widest_and_a_dead_head_keeps_one_zero_dim(images):
 
 
 def test_cnn_kernels_drop_input_channels_and_flattened_rows(images):
-  spec = models.build_model("cnn", num_classes=10, image_shape=SHAPE)
-  params = models.init_params(spec, jax.random.key(0))["params"]
-  kmap = models.kernel_map(params, spec)
-  plan = uniform_plan(*kmap.plan_shape, bits=8, keep=0.25, gran="per_channel")
-  masked = apply.apply_plan(params, plan, kmap)
-  module, sp = slim.slim_model(masked, plan, kmap, spec)
+  spec, kmap, plan, masked, module, sp = uniform_slim("cnn", 8, 0.25)
   assert module.channels == (8, 16, 32) and module.hidden == 64
   assert sp["block_0"]["conv"]["kernel"].shape == (3, 3, 1, 8)
   assert sp["block_1"]["conv"]["kernel"].shape == (3, 3, 8, 16)
