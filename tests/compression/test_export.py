@@ -5,13 +5,14 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
-from flax import traverse_util
 from hypothesis import given, settings, strategies as st
 
 from hirelc_jax.compression import accounting, apply, codec, codes, export, formats
 from hirelc_jax.compression.kernel_map import build_kernel_map
 from hirelc_jax.compression.plan import make_plan, uniform_plan
 from hirelc_jax.compression.prune import kept_count
+
+from export_helpers import assert_same
 
 RULES = ((r"block_(?P<block>\d+)/fc/kernel$", "fc"), (r"block_(?P<block>\d+)/proj/kernel$", "proj"))
 NAMES = ("fc", "proj")
@@ -45,20 +46,6 @@ def combo_plan(i):
 def setup():
   params = small_params()
   return params, build_kernel_map(params, RULES, NAMES)
-
-
-def assert_same(compressed, loaded):
-  """Equal leaf by leaf (dtype too); bitwise except the sign of zeros in all-zero columns."""
-  a, b = traverse_util.flatten_dict(compressed), traverse_util.flatten_dict(loaded)
-  assert set(a) == set(b)
-  for path, x in a.items():
-    x, y = np.asarray(x), b[path]
-    assert x.dtype == y.dtype and x.shape == y.shape, path
-    np.testing.assert_array_equal(x, y, err_msg=str(path))
-    ux, uy = (v.view(f"u{v.dtype.itemsize}") for v in (x, y))
-    cols = y.reshape(-1, y.shape[-1]) if y.ndim else y.reshape(1, 1)
-    zero_col = np.broadcast_to(~np.any(cols != 0, axis=0), cols.shape).reshape(y.shape)
-    assert np.all((ux == uy) | ((x == 0) & zero_col)), path
 
 
 def round_trip(tmp_path, compressed, plan, kmap, **kwargs):

@@ -12,6 +12,8 @@ from hirelc_jax.compression.kernel_map import build_kernel_map
 from hirelc_jax.compression.plan import make_plan
 from hirelc_jax.models import cnn
 
+from export_helpers import assert_same
+
 # vit_mu: 2 blocks x (qkv, attn_proj, mlp_fc1, mlp_fc2). Pruned and unpruned kernels, 2..8 bits,
 # every format and granularity, and two unquantized (fp32) kernels, one of them pruned.
 VIT_MU_PLAN = dict(
@@ -19,19 +21,6 @@ VIT_MU_PLAN = dict(
     keep=[[1.0, 0.5, 0.75, 1.0], [0.6, 1.0, 1.0, 0.35]],
     fmt=[["int", "int", "float", "int"], ["float_exp", "int", "int", "float"]],
     gran=[["per_channel", "uniform", "learned", "asymmetric"], ["uniform", "log", "per_channel", "learned"]])
-
-
-def assert_bitwise(expected, loaded):
-  """Same paths, dtypes, shapes and bytes, except the sign of zeros in pruned (all-zero) columns."""
-  a, b = traverse_util.flatten_dict(expected), traverse_util.flatten_dict(loaded)
-  assert set(a) == set(b)
-  for path, x in a.items():
-    x, y = np.asarray(x), b[path]
-    assert x.dtype == y.dtype and x.shape == y.shape, path
-    ux, uy = (v.view(f"u{v.dtype.itemsize}") for v in (x, y))
-    cols = y.reshape(-1, y.shape[-1]) if y.ndim else y.reshape(1, 1)
-    zero_col = np.broadcast_to(~np.any(cols != 0, axis=0), cols.shape).reshape(y.shape)
-    assert np.all((ux == uy) | ((x == 0) & (y == 0) & zero_col)), path
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +55,7 @@ def test_vit_mu_round_trip_is_bitwise_and_runs_the_same(vit_mu, tmp_path):
   export.export_model(compressed, plan, kmap, tmp_path / "m.npz")
   variables, loaded_plan = export.load_variables(tmp_path / "m.npz")
   assert set(variables) == {"params"}
-  assert_bitwise(compressed, variables["params"])
+  assert_same(compressed, variables["params"])
   for field in export.PLAN_FIELDS:
     a, b = getattr(plan, field), getattr(loaded_plan, field)
     assert a.dtype == b.dtype
@@ -110,7 +99,7 @@ def test_resnet_batch_stats_are_exported_counted_and_reloaded(resnet, tmp_path):
   assert ratio == pytest.approx(accounting.fp32_bits(params, state) / info.storage_bits)
   loaded, _ = export.load_variables(tmp_path / "r.npz")
   assert set(loaded) == {"params", "batch_stats"}
-  assert_bitwise(compressed, loaded)
+  assert_same(compressed, loaded)
   x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 16, 16, 3)), jnp.float32)
   want = module.apply(compressed, x, train=False)
   np.testing.assert_array_equal(module.apply(loaded, x, train=False), want)
