@@ -1,8 +1,7 @@
 """The high-level (budget) environment: per-block compression budgets.
 
 A gymnax environment for the High-Level Agent (reference §3). One action sets,
-for each of the N blocks, a compression level 0..4 and a strategy 0..2
-(quantization, pruning, auto); `decode_budgets` turns it into per-block
+for each of the N blocks, a compression level 0..4; `decode_budgets` turns it into per-block
 `Budgets` with the original's tables (§3.3):
 
 * sensitivity shift: s > 0.7 -> level - 1, s < 0.3 -> level + 1, clipped to 0..4;
@@ -54,8 +53,6 @@ from gymnax.environments import spaces as gspaces
 from hirelc_jax.agents.spaces import FixedLengthEnv, MultiDiscrete
 
 NUM_LEVELS = 5
-NUM_STRATEGIES = 3
-STRATEGIES = ("quantization", "pruning", "auto")
 TARGET_RATIO = (0.35, 0.30, 0.25, 0.20, 0.15)
 MAX_PRUNE = (0.20, 0.30, 0.40, 0.60, 0.80)
 MIN_BITS = (6, 6, 5, 4, 4)
@@ -78,14 +75,12 @@ class Budgets:
     max_prune: float32 largest pruned fraction of output neurons.
     max_acc_drop: float32 accuracy allowance in points.
     priority: float32 priority (the block sensitivity).
-    strategy: int32 preferred strategy index into `STRATEGIES`.
   """
   target_ratio: jax.Array
   min_bits: jax.Array
   max_prune: jax.Array
   max_acc_drop: jax.Array
   priority: jax.Array
-  strategy: jax.Array
 
 
 @struct.dataclass
@@ -191,17 +186,16 @@ def decode_budgets(action: jax.Array, sensitivity: jax.Array, params: EnvParams)
   """Decodes an HLA action into per-block budgets (reference §3.3); pure and jittable.
 
   Args:
-    action: int `[2N]`, interleaved (level_i, strategy_i); out-of-range entries
-      are clipped.
+    action: int `[N]`, a level per block; out-of-range entries are clipped.
     sensitivity: float32 `[N]` block sensitivities.
     params: `EnvParams` (goal limits and the min-bits table).
 
   Returns:
     `Budgets` of `[N]` arrays.
   """
-  action = jnp.asarray(action, jnp.int32).reshape(-1, 2)
+  action = jnp.asarray(action, jnp.int32).reshape(-1)
   s = jnp.asarray(sensitivity, jnp.float32)
-  level = shifted_level(jnp.clip(action[:, 0], 0, NUM_LEVELS - 1), s)
+  level = shifted_level(jnp.clip(action, 0, NUM_LEVELS - 1), s)
   floor = jnp.clip(level + params.floor_shift, 0, NUM_LEVELS - 1)
   band = (s > MID_SENS).astype(jnp.int32) + (s > HIGH_SENS).astype(jnp.int32)
   return Budgets(
@@ -210,8 +204,7 @@ def decode_budgets(action: jax.Array, sensitivity: jax.Array, params: EnvParams)
       max_prune=jnp.minimum(jnp.take(jnp.asarray(MAX_PRUNE, jnp.float32), floor),
                             params.goal_max_prune),
       max_acc_drop=jnp.take(jnp.asarray(ACC_ALLOWANCE, jnp.float32), band),
-      priority=s,
-      strategy=jnp.clip(action[:, 1], 0, NUM_STRATEGIES - 1))
+      priority=s)
 
 
 def reward_terms(target_ratio: jax.Array, params: EnvParams) -> dict[str, jax.Array]:
@@ -295,11 +288,11 @@ class BudgetEnv(FixedLengthEnv):
 
   @property
   def num_actions(self) -> int:
-    return 2 * self.num_blocks
+    return self.num_blocks
 
   def action_space(self, params: EnvParams | None = None) -> MultiDiscrete:
     del params
-    return MultiDiscrete((NUM_LEVELS, NUM_STRATEGIES) * self.num_blocks)
+    return MultiDiscrete((NUM_LEVELS,) * self.num_blocks)
 
   def observation_space(self, params: EnvParams | None = None) -> gspaces.Box:
     del params

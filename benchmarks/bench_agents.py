@@ -48,7 +48,7 @@ from hirelc_jax.agents.surrogate import (SurrogateConfig, encode_plan, make_surr
                                          num_features)
 from hirelc_jax.compression.plan import uniform_plan  # noqa: E402
 from hirelc_jax.config import Config  # noqa: E402
-from hirelc_jax.experiment import RECOVERY_PRIOR  # noqa: E402
+from hirelc_jax.policy import RECOVERY_PRIOR  # noqa: E402
 from hirelc_jax.models import build_model, init_params, kernel_map  # noqa: E402
 
 SHAPE = (28, 28, 1)

@@ -62,7 +62,8 @@ class AgentConfig:
   updates_first: int = 8                         # PPO/A2C updates in cycle 1
   updates_per_cycle: int = 4                     # ... in each later cycle
   ent_coef: float = 0.01
-  discount: float = 0.99                         # PPO/A2C gamma (not the reward's gamma)
+  discount: float = 0.99                         # PPO/A2C gamma (not the reward's gamma); the search's
+                                                 # rewards depend on the action alone, so both use 0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -98,7 +99,7 @@ class Config:
   data: DataConfig = DataConfig()
   goal: GoalConfig = GoalConfig()
   hla: AgentConfig = AgentConfig(betas=(1.0, 2.0, 0.5), alpha=0.0, updates_first=16,
-                                 updates_per_cycle=8, n_steps=32, n_envs=2)
+                                 updates_per_cycle=8, n_steps=32, n_envs=2, discount=0.0)
   lla: AgentConfig = AgentConfig(n_envs=4, updates_first=64, updates_per_cycle=32, discount=0.0)
   search: SearchConfig = SearchConfig()
   training: TrainingConfig = TrainingConfig()

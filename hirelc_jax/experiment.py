@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hirelc_jax import run_state, screening, search
+from hirelc_jax import policy, run_state, screening, search
 from hirelc_jax.agents import budget_env, error_table, kernel_env, proxies
 from hirelc_jax.agents.sensitivity import estimate_sensitivity
 from hirelc_jax.agents.surrogate import SurrogateConfig, encode_plan, make_surrogate, num_features
@@ -28,7 +28,6 @@ from hirelc_jax.evaluation import (Setup, _loss_fn, accuracy, finetune, hold_out
                                    make_error_table, plan_accuracies, plan_metrics, prepare, uniform_plans)
 from hirelc_jax.training import baseline
 
-RECOVERY_PRIOR = 0.3  # post-fine-tune drop / pre-fine-tune drop before any cycle is measured
 DEFAULT_POINTS_PER_ERROR = 1.0  # error-table calibration until 3 plans with moderate drops exist
 CANDIDATE_DRAWS = 16  # policy draws per cycle; with the votes and members, (1 + 16) * (1 + M) candidates
 
@@ -141,13 +140,14 @@ def run_cycle(search_: Search, state: SearchState, cycle: int, base: dict, key,
   """One cycle: HLA budgets, LLA candidates screened for real, QAT fine-tune of the pick,
   surrogate update."""
   setup = search_.setup
-  config = cycle_goal(search_.config, state.records)
+  config = policy.cycle_goal(search_.config, [r["compression_ratio"] for r in state.records],
+                             [r["fit_drop"] for r in state.records])
   times, t0 = {}, time.perf_counter()
   last = state.records[-1] if state.records else None
   shift = search.floor_shift(search_.config, config)
   hla_params = search.hla_params(
       config, search_.block_sensitivity, shift=shift,
-      last_acc_drop=last["accuracy_drop_val"] if last else 0.0,
+      last_acc_drop=last["fit_drop"] if last else 0.0,
       last_ratio=1.0 / last["compression_ratio"] if last else None,
       progress=cycle / config.search.cycles)
   if config.search.high_level:
@@ -188,25 +188,23 @@ def run_cycle(search_: Search, state: SearchState, cycle: int, base: dict, key,
   sur = search_.surrogate.add(state.surrogate, features, jnp.asarray(accs))
   sur = search_.surrogate.record_prediction(sur, predicted, pre_acc)
   sur, _ = search_.surrogate.fit(sur, jax.random.fold_in(key, 4))
-  pre_drop, post_drop = base["eval"] - pre_acc, base["val"] - val_acc
-  observed = [r["recovery_observed"] for r in state.records if r["recovery_observed"] is not None]
-  obs = float(np.clip(post_drop / pre_drop, 0.02, 1.0)) if pre_drop > 0.5 else None
-  observed += [obs] if obs is not None else []
-  recovery = float(np.mean(observed)) if observed else state.recovery
+  fit_drop = base["fit"] - result.best_val_accuracy
+  done = state.records + [{"pre_finetune_accuracy": pre_acc, "fit_drop": fit_drop}]
+  recovery = policy.recovery_estimate([base["eval"] - r["pre_finetune_accuracy"] for r in done],
+                                      [r["fit_drop"] for r in done], base["fit_se"])
   times["surrogate_s"] = time.perf_counter() - t0
 
   record = {"cycle": cycle + 1, "goal_compression": config.goal.target_compression, "floor_shift": shift,
-            "val_accuracy": val_acc, "early_stopping_accuracy": result.best_val_accuracy,
+            "val_accuracy": val_acc, "early_stopping_accuracy": result.best_val_accuracy, "fit_drop": fit_drop,
             "pre_finetune_accuracy": pre_acc,
             "predicted_accuracy": predicted if bool(search_.surrogate.ready(state.surrogate)) else None,
             "table_predicted_drop": None if np.isnan(error) else error * ppe,
-            "accuracy_drop_val": post_drop, "recovery_observed": obs, **plan_metrics(setup, plan),
+            "accuracy_drop_val": base["val"] - val_acc, "recovery": recovery, **plan_metrics(setup, plan),
             "screened": {"compression_ratio": ratios.tolist(), "pre_finetune_accuracy": accs.tolist(),
                          "picked": pick},
             "budget_target_ratio": np.asarray(budgets.target_ratio).tolist(),
             "budget_min_bits": np.asarray(budgets.min_bits).tolist(),
             "budget_max_prune": np.asarray(budgets.max_prune).tolist(),
-            "strategies": [budget_env.STRATEGIES[i] for i in np.asarray(budgets.strategy)],
             "plan_summary": summarize(plan, setup.kmap),
             "plan_arrays": {f: np.asarray(getattr(plan, f)).tolist() for f in ("bits", "keep", "fmt", "gran")},
             "agent_reward": {"hla": hla_reward, "lla": lla_reward},
@@ -223,19 +221,6 @@ def run_cycle(search_: Search, state: SearchState, cycle: int, base: dict, key,
                     "accuracy": val_acc, "stage": "finetuned"})
   new = SearchState(hla, lla, sur, plan, state.records + [record], evaluated, recovery)
   return new, tuned
-
-
-def cycle_goal(config: Config, records: list) -> Config:
-  """The config with this cycle's compression goal: the user's target, raised to
-  `search.escalate` times the best ratio that has met the accuracy target so far
-  (the result is the most compressed plan within the drop, so the search keeps
-  pushing once the target is reached). `search.escalate=1` keeps the user's goal."""
-  goal = config.goal
-  if config.search.escalate == 1.0:
-    return config
-  met = [r["compression_ratio"] for r in records if r["accuracy_drop_val"] <= goal.target_accuracy_drop]
-  target = max([goal.target_compression] + [config.search.escalate * r for r in met])
-  return dataclasses.replace(config, goal=dataclasses.replace(goal, target_compression=target))
 
 
 def screen(search_: Search, state: SearchState, candidates: CompressionPlan, baseline_eval: float):
@@ -255,14 +240,6 @@ def screen(search_: Search, state: SearchState, candidates: CompressionPlan, bas
   accs = plan_accuracies(search_.setup, screened)
   pick = screening.pick_for_finetune(ratios[idx], baseline_eval - accs, limit)
   return screened, accs, ratios[idx], pick
-
-
-def select_best(records: list, base_val: float, target_drop: float) -> int:
-  """Index of the most compressed cycle meeting the target on validation, else the most accurate."""
-  feasible = [i for i, r in enumerate(records) if base_val - r["val_accuracy"] <= target_drop]
-  if feasible:
-    return max(feasible, key=lambda i: (records[i]["compression_ratio"], records[i]["val_accuracy"]))
-  return max(range(len(records)), key=lambda i: records[i]["val_accuracy"])
 
 
 def warmup(search_: Search, key, log: EventLog, quiet: bool):
@@ -327,10 +304,15 @@ def run(config: Config, out_dir: pathlib.Path, *, resume: bool = False, quiet: b
   data = setup.data
   n_eval = config.search.eval_samples
   base = {"val": accuracy(setup, setup.variables, *selection),
+          "fit": accuracy(setup, setup.variables, data.x_val, data.y_val),
           "eval": accuracy(setup, setup.variables, data.x_val[:n_eval], data.y_val[:n_eval]),
           "test": accuracy(setup, setup.variables, data.x_test, data.y_test)}
+  base["fit_se"] = policy.accuracy_se(base["fit"], len(data.y_val))
   phases["baseline"] = time.perf_counter() - t
   log("baseline_accuracy", **base, message=f"baseline: val {base['val']:.2f}%, test {base['test']:.2f}%")
+  note = policy.resolution_note(config.goal.target_accuracy_drop, len(selection[1]))
+  if note:
+    log("warning", message=f"warning: {note}")
 
   t = time.perf_counter()
   state_vars = {k: v for k, v in setup.variables.items() if k != "params"}
@@ -353,7 +335,7 @@ def run(config: Config, out_dir: pathlib.Path, *, resume: bool = False, quiet: b
   phases["warmup"] = time.perf_counter() - t
   from hirelc_jax.compression.plan import uniform_plan
   state = SearchState(None, None, surrogate_state, jax.device_get(uniform_plan(*setup.kmap.plan_shape)),
-                      [], evaluated, RECOVERY_PRIOR)
+                      [], evaluated, policy.RECOVERY_PRIOR)
 
   t = time.perf_counter()
   done = run_state.latest_cycle(ckpt_dir) if resume else 0
@@ -366,7 +348,8 @@ def run(config: Config, out_dir: pathlib.Path, *, resume: bool = False, quiet: b
   phases["cycles"] = time.perf_counter() - t
 
   t = time.perf_counter()
-  best = select_best(state.records, base["val"], config.goal.target_accuracy_drop)
+  best = policy.select_best([r["compression_ratio"] for r in state.records],
+                            [r["accuracy_drop_val"] for r in state.records], config.goal.target_accuracy_drop)
   _, tuned, _ = run_state.resume_state(search_, state, ckpt_dir / f"cycle_{best + 1}", key, base)
   test_acc = accuracy(setup, tuned, data.x_test, data.y_test)
   phases["final_eval"] = time.perf_counter() - t

@@ -54,7 +54,7 @@ def resume_state(search_, state, path: pathlib.Path, key, base: dict):
   hla_params = search.hla_params(config, search_.block_sensitivity)
   lla_params = search.lla_params(
       config, budget_env.decode_budgets(
-          jnp.zeros(2 * setup.kmap.num_blocks, jnp.int32), jnp.asarray(search_.block_sensitivity),
+          jnp.zeros(setup.kmap.num_blocks, jnp.int32), jnp.asarray(search_.block_sensitivity),
           search_.hla.member(hla_params)),
       setup.kmap, search_.kernel_sensitivity, search_.signal(state, base["eval"]),
       baseline_accuracy=base["eval"], surrogate_ready=False)

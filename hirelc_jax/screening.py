@@ -61,3 +61,36 @@ def pick_for_finetune(ratios, measured_drops, limit: float) -> int:
   if len(ok):
     return int(ok[np.argmax(ratios[ok])])
   return int(np.argmin(drops))
+
+
+def front(ratios, drops) -> np.ndarray:
+  """Indices of the candidates no other beats on both compression and drop, by ratio ascending.
+
+  Along the returned order the ratio rises and the drop never falls.
+  """
+  ratios, drops = np.asarray(ratios, np.float64), np.asarray(drops, np.float64)
+  order = np.lexsort((drops, -ratios))          # most compressed first, ties: lower drop first
+  keep, best = [], np.inf
+  for i in order:
+    if drops[i] < best:
+      keep.append(i)
+      best = drops[i]
+  return np.asarray(keep[::-1], np.int64)
+
+
+def bisect_next(size: int, outcomes: dict, first: int) -> int | None:
+  """Which of `size` ordered candidates (compression ascending) to fine-tune next.
+
+  `outcomes` maps each position fine-tuned so far to whether it met the target.
+  The first probe is `first`; then the midpoint between the most compressed
+  position that met the target and the least compressed one above it that did
+  not. None when no position between them is left untried.
+  """
+  if not outcomes:
+    return int(np.clip(first, 0, size - 1)) if size else None
+  met = [i for i, ok in outcomes.items() if ok]
+  lo = max(met, default=-1)
+  hi = min([i for i, ok in outcomes.items() if not ok and i > lo], default=size)
+  if hi - lo <= 1:
+    return None
+  return (lo + hi + 1) // 2 if hi == size else (lo + hi) // 2

@@ -216,7 +216,7 @@ def hla_params(config: Config, sensitivity, *, shift=0, last_acc_drop=0.0, last_
 
 def decide_budgets(trainer: EnsembleTrainer, ens: Ensemble, params, config: Config):
   """The ensemble's voted budgets, target ratios rescaled to the goal's units."""
-  actions = trainer.greedy_actions(ens, params)                       # [M, 2N]
+  actions = trainer.greedy_actions(ens, params)                       # [M, N]
   nvec = tuple(trainer.env.action_space(None).nvec)
   voted = ensemble.vote(actions, ens.weights, nvec)
   member0 = trainer.member(params)
@@ -232,7 +232,7 @@ def goal_budgets(config: Config, num_blocks: int) -> budget_env.Budgets:
       target_ratio=full(goal_fraction(config), jnp.float32), min_bits=full(goal.min_bits, jnp.int32),
       max_prune=full(goal.max_prune, jnp.float32),
       max_acc_drop=full(goal.target_accuracy_drop, jnp.float32),
-      priority=full(0.5, jnp.float32), strategy=full(budget_env.STRATEGIES.index("auto"), jnp.int32))
+      priority=full(0.5, jnp.float32))
 
 
 def kernel_sizes(kmap: KernelMap) -> tuple[np.ndarray, np.ndarray]:

@@ -31,3 +31,25 @@ def test_evaluation_fills_with_the_lowest_predicted_drops_and_skips_duplicates()
 def test_finetune_takes_the_most_compressed_recoverable_else_the_most_accurate():
   assert screening.pick_for_finetune([8.0, 12.0, 11.0], [1.0, 4.0, 2.5], limit=3.0) == 2
   assert screening.pick_for_finetune([8.0, 12.0, 11.0], [5.0, 4.0, 6.0], limit=3.0) == 1
+
+
+def test_front_keeps_the_undominated_candidates_by_ratio():
+  ratios = np.array([5.0, 10.0, 8.0, 12.0, 10.0, 3.0])
+  drops = np.array([1.0, 2.0, 3.0, 2.5, 1.5, 1.0])
+  idx = screening.front(ratios, drops)
+  # 5 (ratio 3) ties candidate 0's drop at lower compression; 1 and 2 lose to 4 (ratio 10, drop 1.5)
+  np.testing.assert_array_equal(idx, [0, 4, 3])
+  assert np.all(np.diff(ratios[idx]) > 0) and np.all(np.diff(drops[idx]) >= 0)
+
+
+def test_bisection_finds_the_last_position_that_meets_the_target():
+  for size in (1, 2, 7, 16, 43):
+    for boundary in range(-1, size):          # positions <= boundary meet the target
+      outcomes, probe, steps = {}, screening.bisect_next(size, {}, size // 3), 0
+      while probe is not None:
+        assert probe not in outcomes
+        outcomes[probe] = probe <= boundary
+        probe, steps = screening.bisect_next(size, outcomes, size // 3), steps + 1
+      met = [i for i, ok in outcomes.items() if ok]
+      assert max(met, default=-1) == boundary
+      assert steps <= int(np.ceil(np.log2(size + 1))) + 2

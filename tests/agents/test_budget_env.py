@@ -29,9 +29,8 @@ def reference_decode(level, s, goal_min_bits=3, goal_max_prune=0.6):
   return ratio, min_bits, max_prune, acc
 
 
-def _action(levels, strategies=None):
-  strategies = [0] * len(levels) if strategies is None else strategies
-  return jnp.asarray(np.stack([levels, strategies], -1).reshape(-1), jnp.int32)
+def _action(levels):
+  return jnp.asarray(levels, jnp.int32)
 
 
 def test_decode_tables_match_reference_for_all_levels_and_sensitivities():
@@ -39,7 +38,7 @@ def test_decode_tables_match_reference_for_all_levels_and_sensitivities():
   levels = [lvl for lvl in range(5) for _ in sens]
   s = np.array(sens * 5, np.float32)
   params = be.budget_params(len(levels), sensitivity=s)
-  b = jax.jit(be.decode_budgets)(_action(levels, [lvl % 3 for lvl in levels]), s, params)
+  b = jax.jit(be.decode_budgets)(_action(levels), s, params)
   for i, (lvl, si) in enumerate(zip(levels, s)):
     ratio, bits, prune, acc = reference_decode(lvl, float(si))
     assert float(b.target_ratio[i]) == pytest.approx(ratio)
@@ -47,7 +46,6 @@ def test_decode_tables_match_reference_for_all_levels_and_sensitivities():
     assert float(b.max_prune[i]) == pytest.approx(prune)
     assert float(b.max_acc_drop[i]) == acc
     assert float(b.priority[i]) == pytest.approx(si)
-    assert int(b.strategy[i]) == lvl % 3
   # Spot checks straight from the reference's text.
   assert float(b.max_prune[4 * 3 + 1]) == pytest.approx(0.6)  # level 4 under the 0.6 cap
   assert int(b.min_bits[0]) == 6 and float(b.target_ratio[0]) == pytest.approx(0.30)  # s=.2: 0 -> 1
@@ -114,7 +112,7 @@ def test_members_with_different_weights_get_different_rewards():
   s = np.array([0.2, 0.4, 0.6, 0.9], np.float32)
   p_a = be.budget_params(4, sensitivity=s)
   p_b = be.budget_params(4, sensitivity=s, w_balance=40.0, w_sens=3.0, w_comp=20.0, w_dyn=0.5)
-  action = _action([0, 4, 1, 3], [0, 1, 2, 0])
+  action = _action([0, 4, 1, 3])
   _, state = env.reset(jax.random.key(0), p_a)
   r_a = env.step(jax.random.key(1), state, action, p_a)[2]
   r_b = env.step(jax.random.key(1), state, action, p_b)[2]
@@ -137,7 +135,7 @@ def test_observation_layout_is_the_same_at_reset_and_step_and_bounded():
   np.testing.assert_allclose(obs1[6::2], [0.15, 0.25, 0.35])
   space = env.observation_space(params)
   assert bool(space.contains(obs0)) and bool(space.contains(obs1))
-  assert env.action_space(params).nvec == (5, 3) * 3
+  assert env.action_space(params).nvec == (5,) * 3
 
 
 def test_step_and_reset_compile_once_across_actions_and_params():
@@ -160,7 +158,7 @@ def test_step_and_reset_compile_once_across_actions_and_params():
                               w_comp=float(10 + i), goal_min_bits=2 + i % 3,
                               max_steps_in_episode=5 + i)
     obs, state = env.reset(jax.random.key(i), params)
-    action = jnp.asarray(rng.integers(0, [5, 3] * 6), jnp.int32)
+    action = jnp.asarray(rng.integers(0, 5, 6), jnp.int32)
     env.step(jax.random.key(i), state, action, params)
     if after_first is None:
       after_first = dict(traces)
@@ -175,7 +173,7 @@ def test_vmap_over_three_members_of_twelve_blocks():
              for w in (1.0, 10.0, 30.0)]
   params = jax.tree.map(lambda *x: jnp.stack(x), *members)
   keys = jax.random.split(jax.random.key(0), 3)
-  actions = jnp.asarray(rng.integers(0, [5, 3] * 12, size=(3, 24)), jnp.int32)
+  actions = jnp.asarray(rng.integers(0, 5, size=(3, 12)), jnp.int32)
 
   @jax.jit
   def run(keys, actions, params):
@@ -215,7 +213,7 @@ def test_decoded_budgets_respect_goal_limits(seed, goal_bits, goal_prune):
   rng = np.random.default_rng(seed)
   s = rng.uniform(0, 1, 6).astype(np.float32)
   params = be.budget_params(6, sensitivity=s, goal_min_bits=goal_bits, goal_max_prune=goal_prune)
-  b = _jit_decode(jnp.asarray(rng.integers(0, [5, 3] * 6), jnp.int32), s, params)
+  b = _jit_decode(jnp.asarray(rng.integers(0, 5, 6), jnp.int32), s, params)
   assert np.all(np.asarray(b.min_bits) >= goal_bits)
   assert np.all(np.asarray(b.max_prune) <= goal_prune + 1e-6)
   ratios = np.asarray(b.target_ratio, np.float64)[:, None]

@@ -1,0 +1,94 @@
+"""The search's rules between cycles: what a fine-tune recovers, the next goal, the chosen cycle.
+
+Pure functions over the cycles' measured numbers (no JAX). Two halves of the
+validation set play separate parts: the fit half (the fine-tunes' early
+stopping, the real evaluations) steers the search, the held-out half only
+chooses the cycle, so the reported choice was not also the thing steered on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from hirelc_jax.config import Config
+
+RECOVERY_PRIOR = 0.3      # post- over pre-fine-tune drop before any fine-tune is measured
+RECOVERY_FLOOR = 0.05     # so the screening limit stays within 20x the target
+
+
+def accuracy_se(accuracy: float, count: int) -> float:
+  """Standard error (points) of an accuracy (points) measured on `count` examples."""
+  p = min(max(accuracy / 100.0, 0.0), 1.0)
+  return 100.0 * math.sqrt(max(p * (1.0 - p), 1.0 / count) / max(count, 1))
+
+
+def recovery_estimate(pre_drops, post_drops, post_se: float) -> float:
+  """Post- over pre-fine-tune drop, pooled over cycles, for the screening limit and the LLA signal.
+
+  A post-fine-tune drop is counted at its upper standard error (`post_se`, the
+  fit half's resolution), so a fine-tune that recovers fully still counts as
+  "within one standard error" rather than as zero. The prior enters as one
+  pseudo-cycle of a 1-point pre-fine-tune drop. Ratio of sums, not mean of
+  ratios: a cycle with a tiny pre-fine-tune drop cannot dominate.
+
+  Args:
+    pre_drops, post_drops: float [C] per completed cycle (points).
+    post_se: float, points.
+  Returns:
+    float in [RECOVERY_FLOOR, 1].
+  """
+  pre = np.maximum(np.asarray(pre_drops, np.float64), 0.0)
+  post = np.maximum(np.asarray(post_drops, np.float64), 0.0) + post_se
+  value = (RECOVERY_PRIOR + np.sum(np.minimum(post, pre))) / (1.0 + np.sum(pre))
+  return float(np.clip(value, RECOVERY_FLOOR, 1.0))
+
+
+def cycle_goal(config: Config, ratios, fit_drops) -> Config:
+  """The config with the next cycle's compression goal, from the cycles so far.
+
+  `ratios` and `fit_drops` [C]: each cycle's honest compression and its
+  fit-half drop after fine-tuning. While no cycle has met the target the
+  user's goal stands. Once one has, the goal brackets the answer: halfway (in
+  log ratio) between the most compressed cycle that met the target and the
+  least compressed one above it that did not, or `search.escalate` times the
+  former while nothing above it failed. `search.escalate=1` keeps the user's goal.
+  """
+  goal, escalate = config.goal, config.search.escalate
+  if escalate == 1.0:
+    return config
+  ratios, drops = np.asarray(ratios, np.float64), np.asarray(fit_drops, np.float64)
+  met = ratios[drops <= goal.target_accuracy_drop]
+  if not len(met):
+    return config
+  lo = float(met.max())
+  above = ratios[(drops > goal.target_accuracy_drop) & (ratios > lo)]
+  target = math.sqrt(lo * float(above.min())) if len(above) else escalate * lo
+  target = max(goal.target_compression, target)
+  return dataclasses.replace(config, goal=dataclasses.replace(goal, target_compression=target))
+
+
+def select_best(ratios, val_drops, target_drop: float, margin: float = 0.0) -> int:
+  """The chosen cycle: the most compressed one whose held-out drop is within the target less
+  `margin` (points), else the most accurate one (ties: the more compressed).
+
+  Args:
+    ratios, val_drops: float [C].
+  """
+  ratios, drops = np.asarray(ratios, np.float64), np.asarray(val_drops, np.float64)
+  ok = np.flatnonzero(drops <= target_drop - margin)
+  if len(ok):
+    return int(ok[np.lexsort((drops[ok], -ratios[ok]))[0]])
+  return int(np.lexsort((-ratios, drops))[0])
+
+
+def resolution_note(target_drop: float, count: int) -> str | None:
+  """A one-line warning when one example of the held-out half is worth more than half the target."""
+  step = 100.0 / max(count, 1)
+  if step <= target_drop / 2:
+    return None
+  return (f"the held-out validation half has {count} examples, one worth {step:.2f} points against a "
+          f"{target_drop:g}-point target: the choice of cycle cannot resolve the target "
+          f"(raise data.val_fraction or use more data)")
