@@ -32,7 +32,9 @@ from hirelc_jax import evaluation, experiment, knapsack, policy, screening, sear
 from hirelc_jax.compression import accounting
 from hirelc_jax.compression.plan import stack_plans, uniform_plan
 
-SEARCHES = {"hirelc": {}, "lla_only": {"search.high_level": "false"},
+SEARCHES = {"hirelc": {}, "search_agents": {"search.proposer": "agents"},
+            "search_agents_ilp": {"search.proposer": "both"}, "search_ilp": {"search.proposer": "ilp"},
+            "lla_only": {"search.high_level": "false"},
             "hirelc_unscreened": {"search.screen": "1", "search.warmup_samples": "32"},
             "hirelc_fixed_goal": {"search.escalate": "1"}}
 CANDIDATES = ("ilp", "greedy", "random")

@@ -18,6 +18,7 @@ from hirelc_jax.compression import codes
 
 
 SIGNALS = ("error_table", "surrogate", "proxy")
+PROPOSERS = ("agents", "ilp", "both")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -78,6 +79,7 @@ class SearchConfig:
   eval_samples: int = 2000           # validation examples for warm-up and candidate scoring
   signal: str = "error_table"        # LLA accuracy signal: error_table | surrogate | proxy
   high_level: bool = True            # False: no HLA, every block gets the goal's budget
+  proposer: str = "agents"           # a cycle's candidates: agents | ilp (the integer program) | both
   surrogate_epochs: int = 200
   surrogate_hidden: tuple[int, ...] = (64, 32)
 
@@ -136,6 +138,11 @@ class Config:
     if not 0.0 < self.data.val_fraction < 1.0:
       raise ValueError(f"data.val_fraction={self.data.val_fraction} must be in (0, 1): the search "
                        f"early-stops and chooses its cycle on the validation split")
+    if self.search.proposer not in PROPOSERS:
+      raise ValueError(f"search.proposer={self.search.proposer!r}; use one of {', '.join(PROPOSERS)}")
+    if self.search.proposer != "agents" and self.search.signal != "error_table":
+      raise ValueError(f"search.proposer={self.search.proposer!r} solves over the error table; "
+                       f"use search.signal=error_table")
     if self.search.signal not in SIGNALS:
       raise ValueError(f"search.signal={self.search.signal!r}; use one of {', '.join(SIGNALS)}")
     return self

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hirelc_jax import policy, run_state, screening, search
+from hirelc_jax import knapsack, policy, proposals, run_state, screening, search
 from hirelc_jax.agents import budget_env, error_table, kernel_env, proxies
 from hirelc_jax.agents.sensitivity import estimate_sensitivity
 from hirelc_jax.agents.surrogate import SurrogateConfig, encode_plan, make_surrogate, num_features
@@ -29,7 +29,6 @@ from hirelc_jax.evaluation import (Setup, _loss_fn, accuracy, finetune, hold_out
 from hirelc_jax.training import baseline
 
 DEFAULT_POINTS_PER_ERROR = 1.0  # error-table calibration until 3 plans with moderate drops exist
-CANDIDATE_DRAWS = 16  # policy draws per cycle; with the votes and members, (1 + 16) * (1 + M) candidates
 
 
 class EventLog:
@@ -80,6 +79,8 @@ class Search:
         if table is not None else None
     params, state = accounting.split_variables(setup.variables)
     self.ratios = jax.jit(jax.vmap(lambda p: accounting.compression_ratio(params, p, kmap, state)))
+    self.options = knapsack.build_options(table, kmap, params, state, self.config.goal) \
+        if s.proposer != "agents" else None
     self.hla = search.EnsembleTrainer(budget_env.BudgetEnv(kmap.num_blocks), self.config.hla,
                                       nested=False)
     goal = self.config.goal
@@ -142,32 +143,8 @@ def run_cycle(search_: Search, state: SearchState, cycle: int, base: dict, key,
   setup = search_.setup
   config = policy.cycle_goal(search_.config, [r["compression_ratio"] for r in state.records],
                              [r["fit_drop"] for r in state.records])
-  times, t0 = {}, time.perf_counter()
-  last = state.records[-1] if state.records else None
-  shift = search.floor_shift(search_.config, config)
-  hla_params = search.hla_params(
-      config, search_.block_sensitivity, shift=shift,
-      last_acc_drop=last["fit_drop"] if last else 0.0,
-      last_ratio=1.0 / last["compression_ratio"] if last else None,
-      progress=cycle / config.search.cycles)
-  if config.search.high_level:
-    hla = state.hla if state.hla is not None else search_.hla.init(jax.random.fold_in(key, 1), hla_params)
-    hla, hla_reward = search_.hla.train(hla, hla_params, first=state.hla is None)
-    budgets, _ = search.decide_budgets(search_.hla, hla, hla_params, config)
-  else:
-    hla, hla_reward = None, None
-    budgets = search.goal_budgets(config, setup.kmap.num_blocks)
-  times["hla_s"] = time.perf_counter() - t0
-
-  t0 = time.perf_counter()
-  ready = bool(search_.surrogate.ready(state.surrogate)) or config.search.signal == "proxy"
-  lla_params = search.lla_params(config, budgets, setup.kmap, search_.kernel_sensitivity,
-                                 search_.signal(state, base["eval"]),
-                                 baseline_accuracy=base["eval"], surrogate_ready=ready)
-  lla = state.lla if state.lla is not None else search_.lla.init(jax.random.fold_in(key, 2), lla_params)
-  lla, lla_reward = search_.lla.train(lla, lla_params, first=state.lla is None)
-  candidates = jax.device_get(search.candidate_plans(search_.lla, lla, lla_params, CANDIDATE_DRAWS))
-  times["lla_s"] = time.perf_counter() - t0
+  proposal = proposals.propose(search_, state, config, cycle, base, key)
+  times, candidates, budgets = dict(proposal.times), proposal.candidates, proposal.budgets
 
   t0 = time.perf_counter()
   screened, accs, ratios, pick = screen(search_, state, candidates, base["eval"])
@@ -194,7 +171,8 @@ def run_cycle(search_: Search, state: SearchState, cycle: int, base: dict, key,
                                       [r["fit_drop"] for r in done], base["fit_se"])
   times["surrogate_s"] = time.perf_counter() - t0
 
-  record = {"cycle": cycle + 1, "goal_compression": config.goal.target_compression, "floor_shift": shift,
+  record = {"cycle": cycle + 1, "goal_compression": config.goal.target_compression,
+            "floor_shift": search.floor_shift(search_.config, config),
             "val_accuracy": val_acc, "early_stopping_accuracy": result.best_val_accuracy, "fit_drop": fit_drop,
             "pre_finetune_accuracy": pre_acc,
             "predicted_accuracy": predicted if bool(search_.surrogate.ready(state.surrogate)) else None,
@@ -202,12 +180,11 @@ def run_cycle(search_: Search, state: SearchState, cycle: int, base: dict, key,
             "accuracy_drop_val": base["val"] - val_acc, "recovery": recovery, **plan_metrics(setup, plan),
             "screened": {"compression_ratio": ratios.tolist(), "pre_finetune_accuracy": accs.tolist(),
                          "picked": pick},
-            "budget_target_ratio": np.asarray(budgets.target_ratio).tolist(),
-            "budget_min_bits": np.asarray(budgets.min_bits).tolist(),
-            "budget_max_prune": np.asarray(budgets.max_prune).tolist(),
+            **({} if budgets is None else {f"budget_{f}": np.asarray(getattr(budgets, f)).tolist()
+                                           for f in ("target_ratio", "min_bits", "max_prune")}),
             "plan_summary": summarize(plan, setup.kmap),
             "plan_arrays": {f: np.asarray(getattr(plan, f)).tolist() for f in ("bits", "keep", "fmt", "gran")},
-            "agent_reward": {"hla": hla_reward, "lla": lla_reward},
+            "agent_reward": proposal.rewards,
             "times": times}
   log("cycle", **record, message=(
       f"cycle {cycle + 1}: val {val_acc:.2f}% (pre-fine-tune {pre_acc:.2f}%), "
@@ -219,7 +196,7 @@ def run_cycle(search_: Search, state: SearchState, cycle: int, base: dict, key,
        "error": None if np.isnan(e) else float(e)} for j, (r, a, e) in enumerate(zip(ratios, accs, errors))]
   evaluated.append({"kind": "cycle", "label": label, "compression_ratio": record["compression_ratio"],
                     "accuracy": val_acc, "stage": "finetuned"})
-  new = SearchState(hla, lla, sur, plan, state.records + [record], evaluated, recovery)
+  new = SearchState(proposal.hla, proposal.lla, sur, plan, state.records + [record], evaluated, recovery)
   return new, tuned
 
 

@@ -18,7 +18,10 @@ error for more storage) can be optimal, so the others are dropped first.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+import sys
 
 import jax
 import numpy as np
@@ -142,12 +145,26 @@ def solve(options: Options, ratio: float, time_limit: float = 30.0) -> list[int]
   storage = np.concatenate(options.storage)[None]
   constraints = [optimize.LinearConstraint(one_each, 1, 1),
                  optimize.LinearConstraint(storage / budget, -np.inf, 1.0)]
-  result = optimize.milp(cost / scale, constraints=constraints, integrality=np.ones_like(cost),
-                         bounds=optimize.Bounds(0, 1), options={"time_limit": time_limit})
+  with _native_stdout_silenced():   # HiGHS prints solver diagnostics from C
+    result = optimize.milp(cost / scale, constraints=constraints, integrality=np.ones_like(cost),
+                           bounds=optimize.Bounds(0, 1), options={"time_limit": time_limit})
   if result.x is None:
     return None
   x = result.x.round()
   return [int(np.argmax(x[offsets[s]:offsets[s + 1]])) for s in range(len(sizes))]
+
+
+@contextlib.contextmanager
+def _native_stdout_silenced():
+  sys.stdout.flush()
+  saved = os.dup(1)
+  try:
+    with open(os.devnull, "w") as null:
+      os.dup2(null.fileno(), 1)
+      yield
+  finally:
+    os.dup2(saved, 1)
+    os.close(saved)
 
 
 def solve_path(options: Options, ratios) -> tuple[list[float], CompressionPlan | None]:

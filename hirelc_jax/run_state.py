@@ -58,8 +58,9 @@ def resume_state(search_, state, path: pathlib.Path, key, base: dict):
           search_.hla.member(hla_params)),
       setup.kmap, search_.kernel_sensitivity, search_.signal(state, base["eval"]),
       baseline_accuracy=base["eval"], surrogate_ready=False)
-  hla = search_.hla.init(key, hla_params) if config.search.high_level else None
-  like = {"hla": hla, "lla": search_.lla.init(key, lla_params),
+  agents = config.search.proposer != "ilp"
+  hla = search_.hla.init(key, hla_params) if config.search.high_level and agents else None
+  like = {"hla": hla, "lla": search_.lla.init(key, lla_params) if agents else None,
           "surrogate": state.surrogate, "plan": state.plan, "tuned": setup.variables}
   restored, tuned, cycle = load_state(path, like, type(state))
   return restored, tuned, cycle

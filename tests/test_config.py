@@ -28,10 +28,16 @@ def test_presets_are_packaged():
     ("lla.betas", "[1]", "lla.betas has 1 entries for 3 members"),
     ("search.cycles", "0", "search.cycles=0"),
     ("data.val_fraction", "0", "data.val_fraction=0"),
+    ("search.proposer", '"oracle"', "search.proposer='oracle'"),
 ])
 def test_validation_names_the_bad_value(key, value, message):
   with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
     C.override(C.Config(), {key: value}).validate()
+
+
+def test_the_integer_program_needs_the_error_table():
+  with pytest.raises(ValueError, match="search.proposer='ilp' solves over the error table"):
+    C.override(C.Config(), {"search.proposer": '"ilp"', "search.signal": '"surrogate"'}).validate()
 
 
 def test_unknown_key_and_bad_file(tmp_path):

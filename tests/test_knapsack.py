@@ -103,3 +103,14 @@ def test_action_grid_spans_the_lla_space():
   assert len(grid["bits"]) == 7 * 15 * 2 * 4
   np.testing.assert_allclose(np.unique(grid["keep"]), np.linspace(0.2, 1.0, 15), rtol=1e-6)
   assert sorted(set(grid["bits"])) == list(range(2, 9))
+
+
+def test_program_candidates_start_at_the_goal_and_spread_to_the_maximum(small):
+  from hirelc_jax import proposals
+  params, kmap, _, options = small
+  plans = proposals.from_program(options, 6.0)
+  ratios = np.asarray(accounting.compression_ratio(params, plans, kmap))
+  assert plans.bits.shape[0] == proposals.ILP_CANDIDATES
+  assert ratios[0] >= 6.0 * (1 - 1e-6) and ratios[1] >= 3.0 * (1 - 1e-6)
+  assert ratios[-1] == pytest.approx(options.max_ratio(), rel=1e-6)
+  assert np.all(np.diff(ratios[1:]) >= -1e-6)
