@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help="sizes of the search: smoke (seconds), default, paper (the original's)")
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                  help="override a config value, e.g. --set goal.min_bits=3 (repeatable)")
+  p.add_argument("--proposer", choices=("agents", "ilp", "both"),
+                 help="where each cycle's candidate plans come from: the RL agents, the exact integer "
+                      "program on the error table, or both (search.proposer)")
   p.add_argument("--cycles", type=int, help="search cycles")
   p.add_argument("--seed", type=int, help="random seed")
   p.add_argument("--output-dir", help="where runs are written (default runs/)")
@@ -57,7 +60,7 @@ def resolve_config(args):
     k, v = item.split("=", 1)
     sets[k.strip()] = v
   flags = {"model.name": args.model, "data.name": args.dataset, "data.data_dir": args.data_dir,
-           "search.cycles": args.cycles, "seed": args.seed, "output_dir": args.output_dir,
+           "search.cycles": args.cycles, "search.proposer": args.proposer, "seed": args.seed, "output_dir": args.output_dir,
            "goal.quantization_type": args.quantization_type, "goal.strategy": args.strategy,
            "goal.target_accuracy_drop": args.target_accuracy_drop,
            "goal.target_compression": args.target_compression}

@@ -106,6 +106,15 @@ def test_ablations_without_high_level_agent_and_with_the_surrogate_signal(cache,
   assert report["compression_ratio"] > 1.0
 
 
+def test_the_integer_program_proposes_without_agents(cache, tmp_path):
+  """--proposer ilp: the cycle's candidates are the program's; no budgets, no agent rewards."""
+  assert cli.main(SMOKE + ["--output-dir", str(tmp_path), "--proposer", "ilp", "--cycles", "1"]) == 0
+  report = json.loads((tmp_path / "vit_mu-digits-s0" / "report.json").read_text())
+  cycle = report["cycles"][0]
+  assert "budget_min_bits" not in cycle and cycle["agent_reward"] == {"hla": None, "lla": None}
+  assert cycle["times"]["ilp_s"] > 0 and report["compression_ratio"] > 1.0
+
+
 def test_interrupted_run_resumes_to_the_same_result(first_run, cache, tmp_path):
   """SIGINT after the first cycle: a clean exit (130), then --resume ends like an uninterrupted run."""
   _, report = first_run
