@@ -123,14 +123,25 @@ def run_candidates(bench: Bench, method: str, seed: int, target: float) -> dict:
     plan = jax.tree.map(lambda a: a[order[probe]], plans)
     tuned, result = evaluation.finetune(setup, plan, jax.random.fold_in(jax.random.key(seed), len(records)),
                                         quiet=True)
-    outcomes[probe] = bench.base["fit"] - result.best_val_accuracy <= target
+    fit_drop = bench.base["fit"] - result.best_val_accuracy
+    outcomes[probe] = fit_drop <= target
     records.append({"val_accuracy": evaluation.accuracy(setup, tuned, *bench.selection),
-                    "compression_ratio": float(ratios[order[probe]]), "plan": plan})
+                    "compression_ratio": float(ratios[order[probe]]), "plan": plan, "fit_drop": fit_drop})
     tuned_all.append(tuned)
     probe = screening.bisect_next(len(order), outcomes, first)
   best = choose(records, bench.base["val"], target)
-  return finished(bench, records[best], tuned_all[best], eval_s + time.perf_counter() - t0,
-                  len(accs), len(records))
+  row = finished(bench, records[best], tuned_all[best], eval_s + time.perf_counter() - t0, len(accs), len(records))
+  return {**row, "finetuned": analysis(bench, records, tuned_all)}
+
+
+def analysis(bench: Bench, records: list[dict], tuned_all: list) -> list[dict]:
+  """Every fine-tuned candidate's drops, test included, measured after the choice: data for
+  studying choice rules (margins) offline; the choice above never sees a test number."""
+  d = bench.setup.data
+  return [{"compression_ratio": r["compression_ratio"], "fit_drop": r["fit_drop"],
+           "val_drop": bench.base["val"] - r["val_accuracy"],
+           "test_drop": bench.base["test"] - evaluation.accuracy(bench.setup, t, d.x_test, d.y_test)}
+          for r, t in zip(records, tuned_all)]
 
 
 def run_grid_point(bench: Bench, name: str, seed: int) -> dict:

@@ -7,17 +7,16 @@ ends with the same plan and accuracies as an uninterrupted one.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import pathlib
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from hirelc_jax import knapsack, policy, proposals, run_state, screening, search
+from hirelc_jax.state import Cycle, Evaluation, SearchState
 from hirelc_jax.agents import budget_env, error_table, kernel_env, proxies
 from hirelc_jax.agents.sensitivity import estimate_sensitivity
 from hirelc_jax.agents.surrogate import SurrogateConfig, encode_plan, make_surrogate, num_features
@@ -43,18 +42,6 @@ class EventLog:
       f.write(json.dumps(record, default=float) + "\n")
     if self.echo is not None and "message" in fields:
       self.echo(fields["message"])
-
-
-@dataclasses.dataclass
-class SearchState:
-  """Everything the cycles carry; saved after every completed cycle."""
-  hla: Any
-  lla: Any
-  surrogate: Any
-  plan: CompressionPlan           # the last decided plan (the LLA's "current plan")
-  records: list                   # one dict per completed cycle
-  evaluated: list                 # every plan evaluated for real
-  recovery: float
 
 
 class Search:
@@ -118,9 +105,8 @@ class Search:
 
   def points_per_error(self, state: SearchState, baseline_eval: float) -> float:
     """The error table's calibration, refitted on every plan evaluated before fine-tuning."""
-    pre = [e for e in state.evaluated if e["stage"] == "pre_finetune" and e.get("error") is not None]
-    fit = error_table.fit_points_per_error([e["error"] for e in pre],
-                                           [baseline_eval - e["accuracy"] for e in pre])
+    pre = [e for e in state.evaluated if e.stage == "pre_finetune" and e.error is not None]
+    fit = error_table.fit_points_per_error([e.error for e in pre], [baseline_eval - e.accuracy for e in pre])
     return fit if fit is not None else DEFAULT_POINTS_PER_ERROR
 
 
@@ -141,8 +127,7 @@ def run_cycle(search_: Search, state: SearchState, cycle: int, base: dict, key,
   """One cycle: HLA budgets, LLA candidates screened for real, QAT fine-tune of the pick,
   surrogate update."""
   setup = search_.setup
-  config = policy.cycle_goal(search_.config, [r["compression_ratio"] for r in state.records],
-                             [r["fit_drop"] for r in state.records])
+  config = policy.cycle_goal(search_.config, state.ratios(), [c.fit_drop for c in state.cycles])
   proposal = proposals.propose(search_, state, config, cycle, base, key)
   times, candidates, budgets = dict(proposal.times), proposal.candidates, proposal.budgets
 
@@ -166,37 +151,36 @@ def run_cycle(search_: Search, state: SearchState, cycle: int, base: dict, key,
   sur = search_.surrogate.record_prediction(sur, predicted, pre_acc)
   sur, _ = search_.surrogate.fit(sur, jax.random.fold_in(key, 4))
   fit_drop = base["fit"] - result.best_val_accuracy
-  done = state.records + [{"pre_finetune_accuracy": pre_acc, "fit_drop": fit_drop}]
-  recovery = policy.recovery_estimate([base["eval"] - r["pre_finetune_accuracy"] for r in done],
-                                      [r["fit_drop"] for r in done], base["fit_se"])
+  recovery = policy.recovery_estimate([base["eval"] - c.pre_finetune_accuracy for c in state.cycles]
+                                      + [base["eval"] - pre_acc],
+                                      [c.fit_drop for c in state.cycles] + [fit_drop], base["fit_se"])
   times["surrogate_s"] = time.perf_counter() - t0
 
-  record = {"cycle": cycle + 1, "goal_compression": config.goal.target_compression,
-            "floor_shift": search.floor_shift(search_.config, config),
-            "val_accuracy": val_acc, "early_stopping_accuracy": result.best_val_accuracy, "fit_drop": fit_drop,
-            "pre_finetune_accuracy": pre_acc,
-            "predicted_accuracy": predicted if bool(search_.surrogate.ready(state.surrogate)) else None,
-            "table_predicted_drop": None if np.isnan(error) else error * ppe,
-            "accuracy_drop_val": base["val"] - val_acc, "recovery": recovery, **plan_metrics(setup, plan),
-            "screened": {"compression_ratio": ratios.tolist(), "pre_finetune_accuracy": accs.tolist(),
-                         "picked": pick},
-            **({} if budgets is None else {f"budget_{f}": np.asarray(getattr(budgets, f)).tolist()
-                                           for f in ("target_ratio", "min_bits", "max_prune")}),
-            "plan_summary": summarize(plan, setup.kmap),
-            "plan_arrays": {f: np.asarray(getattr(plan, f)).tolist() for f in ("bits", "keep", "fmt", "gran")},
-            "agent_reward": proposal.rewards,
-            "times": times}
-  log("cycle", **record, message=(
+  metrics = plan_metrics(setup, plan)
+  details = {"floor_shift": search.floor_shift(search_.config, config),
+             "early_stopping_accuracy": result.best_val_accuracy,
+             "predicted_accuracy": predicted if bool(search_.surrogate.ready(state.surrogate)) else None,
+             "table_predicted_drop": None if np.isnan(error) else error * ppe,
+             "screened": {"compression_ratio": ratios.tolist(), "pre_finetune_accuracy": accs.tolist(),
+                          "picked": pick},
+             **({} if budgets is None else {f"budget_{f}": np.asarray(getattr(budgets, f)).tolist()
+                                            for f in ("target_ratio", "min_bits", "max_prune")}),
+             "plan_summary": summarize(plan, setup.kmap), "agent_reward": proposal.rewards, "times": times}
+  done = Cycle(cycle=cycle + 1, goal_compression=config.goal.target_compression, plan=jax.device_get(plan),
+               compression_ratio=metrics["compression_ratio"],
+               paper_compression_ratio=metrics["paper_compression_ratio"], storage_bits=metrics["storage_bits"],
+               pre_finetune_accuracy=pre_acc, fit_drop=fit_drop, val_accuracy=val_acc,
+               val_drop=base["val"] - val_acc, recovery=recovery, details=details)
+  log("cycle", **done.to_record(), message=(
       f"cycle {cycle + 1}: val {val_acc:.2f}% (pre-fine-tune {pre_acc:.2f}%), "
-      f"compression {record['compression_ratio']:.2f}x honest / {record['paper_compression_ratio']:.2f}x paper"))
+      f"compression {done.compression_ratio:.2f}x honest / {done.paper_compression_ratio:.2f}x paper"))
   label = f"C{cycle + 1}"
-  evaluated = state.evaluated + [
-      {"kind": "cycle" if j == pick else "screened", "label": label if j == pick else "",
-       "compression_ratio": float(r), "accuracy": float(a), "stage": "pre_finetune",
-       "error": None if np.isnan(e) else float(e)} for j, (r, a, e) in enumerate(zip(ratios, accs, errors))]
-  evaluated.append({"kind": "cycle", "label": label, "compression_ratio": record["compression_ratio"],
-                    "accuracy": val_acc, "stage": "finetuned"})
-  new = SearchState(proposal.hla, proposal.lla, sur, plan, state.records + [record], evaluated, recovery)
+  evaluated = state.evaluated + tuple(
+      Evaluation("cycle" if j == pick else "screened", label if j == pick else "", float(r), float(a),
+                 "pre_finetune", None if np.isnan(e) else float(e))
+      for j, (r, a, e) in enumerate(zip(ratios, accs, errors)))
+  evaluated += (Evaluation("cycle", label, done.compression_ratio, val_acc, "finetuned"),)
+  new = SearchState(proposal.hla, proposal.lla, sur, done.plan, state.cycles + (done,), evaluated, recovery)
   return new, tuned
 
 
@@ -231,16 +215,15 @@ def warmup(search_: Search, key, log: EventLog, quiet: bool):
     sur, _ = search_.surrogate.fit(sur, jax.random.fold_in(key, 2))
   labels, uniform = uniform_plans(setup.kmap)
   uacc = plan_accuracies(setup, uniform)
-  evaluated = []
+  evaluated = ()
   for kind, names, batch, batch_accs in (("warmup", [""] * count, plans, accs),
                                          ("uniform", labels, uniform, uacc)):
     if not len(names):
       continue
     ratios = np.asarray(search_.ratios(batch))
     errors = search_.errors(batch)
-    evaluated += [{"kind": kind, "label": l, "compression_ratio": float(r), "accuracy": float(a),
-                   "stage": "pre_finetune", "error": None if np.isnan(e) else float(e)}
-                  for l, r, a, e in zip(names, ratios, batch_accs, errors)]
+    evaluated += tuple(Evaluation(kind, l, float(r), float(a), "pre_finetune", None if np.isnan(e) else float(e))
+                       for l, r, a, e in zip(names, ratios, batch_accs, errors))
   holdout = float(sur.holdout_mae)
   log("warmup", samples=count, holdout_mae=holdout, message=(
       f"warm-up: {count} random plans (half near uniform) evaluated, surrogate hold-out MAE {holdout:.2f} points"))
@@ -312,7 +295,7 @@ def run(config: Config, out_dir: pathlib.Path, *, resume: bool = False, quiet: b
   phases["warmup"] = time.perf_counter() - t
   from hirelc_jax.compression.plan import uniform_plan
   state = SearchState(None, None, surrogate_state, jax.device_get(uniform_plan(*setup.kmap.plan_shape)),
-                      [], evaluated, policy.RECOVERY_PRIOR)
+                      (), evaluated, policy.RECOVERY_PRIOR)
 
   t = time.perf_counter()
   done = run_state.latest_cycle(ckpt_dir) if resume else 0
@@ -325,8 +308,7 @@ def run(config: Config, out_dir: pathlib.Path, *, resume: bool = False, quiet: b
   phases["cycles"] = time.perf_counter() - t
 
   t = time.perf_counter()
-  best = policy.select_best([r["compression_ratio"] for r in state.records],
-                            [r["accuracy_drop_val"] for r in state.records], config.goal.target_accuracy_drop)
+  best = policy.select_best(state.ratios(), [c.val_drop for c in state.cycles], config.goal.target_accuracy_drop)
   _, tuned, _ = run_state.resume_state(search_, state, ckpt_dir / f"cycle_{best + 1}", key, base)
   test_acc = accuracy(setup, tuned, data.x_test, data.y_test)
   phases["final_eval"] = time.perf_counter() - t

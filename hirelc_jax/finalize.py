@@ -41,29 +41,29 @@ def finalize(setup, state, best: int, tuned: dict, base: dict, test_acc: float, 
   bytes, and ``storage_bytes``, the counted storage (`accounting.storage_bits` / 8).
   """
   from hirelc_jax import plots, report as report_io
-  config, record = setup.config, state.records[best]
+  config, chosen = setup.config, state.cycles[best]
   t = time.perf_counter()
-  plan = _best_plan(state, best, setup)
+  plan = chosen.plan
   params, model_state = accounting.split_variables(tuned)  # e.g. batch_stats: exported and counted
   info = export.export_model(params, plan, setup.kmap, out_dir / "model_export.npz",
                              model_state=model_state)
   phases["export"] = time.perf_counter() - t
   err = state.surrogate
-  predictions = [{"cycle": r["cycle"], "predicted": r["predicted_accuracy"],
-                  "actual": r["pre_finetune_accuracy"]} for r in state.records
-                 if r["predicted_accuracy"] is not None]
+  predictions = [{"cycle": c.cycle, "predicted": c.details["predicted_accuracy"],
+                  "actual": c.pre_finetune_accuracy} for c in state.cycles
+                 if c.details["predicted_accuracy"] is not None]
   drop = base["test"] - test_acc
   result = {
       "model": setup.spec.name, "dataset": setup.data.name, "seed": config.seed,
       "device": jax.default_backend(), "schedule": schedule,
       "baseline_accuracy": base["test"], "final_accuracy": test_acc,
-      "baseline_val_accuracy": base["val"], "final_val_accuracy": record["val_accuracy"],
+      "baseline_val_accuracy": base["val"], "final_val_accuracy": chosen.val_accuracy,
       "accuracy_drop": drop, "target_accuracy_drop": config.goal.target_accuracy_drop,
-      "met_target": bool(base["val"] - record["val_accuracy"] <= config.goal.target_accuracy_drop),
+      "met_target": bool(base["val"] - chosen.val_accuracy <= config.goal.target_accuracy_drop),
       "best_cycle": best + 1,
-      "compression_ratio": record["compression_ratio"],
-      "paper_compression_ratio": record["paper_compression_ratio"],
-      "storage_bits": record["storage_bits"],
+      "compression_ratio": chosen.compression_ratio,
+      "paper_compression_ratio": chosen.paper_compression_ratio,
+      "storage_bits": chosen.storage_bits,
       "fp32_bits": accounting.fp32_bits(*accounting.split_variables(setup.variables)),
       "export": {"path": str(info.path), "file_bytes": int(info.file_bytes),
                  "payload_bytes": int(info.payload_bytes), "header_bytes": int(info.header_bytes),
@@ -72,7 +72,7 @@ def finalize(setup, state, best: int, tuned: dict, base: dict, test_acc: float, 
       "kernel_names": list(setup.kmap.kernel_names),
       "plan": plan_table(plan, setup.kmap),
       "sensitivity": np.asarray(sens.block).tolist(),
-      "cycles": state.records, "evaluated": state.evaluated,
+      **state.meta(),
       "surrogate": {"samples": int(err.count), "holdout_mae": float(err.holdout_mae),
                     "predictions": predictions},
       "wall_time_s": time.perf_counter() - start, "phase_times_s": phases,
@@ -80,7 +80,7 @@ def finalize(setup, state, best: int, tuned: dict, base: dict, test_acc: float, 
   figures = plots.make_all(result, out_dir)
   report_io.write_report(result, out_dir, figures=figures)
   log("result", best_cycle=best + 1, final_accuracy=test_acc, accuracy_drop=drop,
-      compression_ratio=record["compression_ratio"], message=report_io.final_table(result))
+      compression_ratio=chosen.compression_ratio, message=report_io.final_table(result))
   return result
 
 
@@ -95,9 +95,3 @@ def _dead_rows_bytes(params, plan, setup) -> float | None:
     return None
   return float(slim.dead_storage(params, plan, setup.kmap, setup.spec)["dead_bytes"])
 
-
-def _best_plan(state, best: int, setup):
-  """The plan of cycle `best`, rebuilt from its record (the state holds only the last one)."""
-  from hirelc_jax.compression.plan import CompressionPlan
-  rec = state.records[best]
-  return CompressionPlan(**{k: np.asarray(v) for k, v in rec["plan_arrays"].items()})

@@ -43,11 +43,11 @@ def from_agents(search_, state, config, cycle: int, base: dict, key) -> Proposal
   """The HLA's budgets for every block, then the LLA ensembles trained on them and queried."""
   setup = search_.setup
   t0, times = time.perf_counter(), {}
-  last = state.records[-1] if state.records else None
+  last = state.cycles[-1] if state.cycles else None
   hla_params = search.hla_params(
       config, search_.block_sensitivity, shift=search.floor_shift(search_.config, config),
-      last_acc_drop=last["fit_drop"] if last else 0.0,
-      last_ratio=1.0 / last["compression_ratio"] if last else None,
+      last_acc_drop=last.fit_drop if last else 0.0,
+      last_ratio=1.0 / last.compression_ratio if last else None,
       progress=cycle / config.search.cycles)
   if config.search.high_level:
     hla = state.hla if state.hla is not None else search_.hla.init(jax.random.fold_in(key, 1), hla_params)

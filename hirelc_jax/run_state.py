@@ -10,35 +10,42 @@ import jax.numpy as jnp
 import numpy as np
 
 from hirelc_jax import search
+from hirelc_jax.state import SearchState
 from hirelc_jax.agents import budget_env
 from hirelc_jax.training import checkpoint
 
 
+def _is_key(x) -> bool:
+  return jnp.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key)
+
+
 def _saveable(tree):
-  """Typed PRNG keys become their raw key data (orbax stores plain arrays)."""
-  return jax.tree.map(lambda x: jax.random.key_data(x)
-                      if jnp.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key) else x, tree)
+  """Typed PRNG keys become their raw key data (orbax stores plain arrays); abstract leaves
+  (ShapeDtypeStruct) become the abstract key data."""
+  def plain(x):
+    if not _is_key(x):
+      return x
+    if isinstance(x, jax.ShapeDtypeStruct):
+      return jax.eval_shape(jax.random.key_data, x)
+    return jax.random.key_data(x)
+  return jax.tree.map(plain, tree)
 
 
 def _restored(tree, like):
-  return jax.tree.map(lambda x, ref: jax.random.wrap_key_data(x)
-                      if jnp.issubdtype(getattr(ref, "dtype", np.float32), jax.dtypes.prng_key) else x,
-                      tree, like)
+  return jax.tree.map(lambda x, ref: jax.random.wrap_key_data(x) if _is_key(ref) else x, tree, like)
 
 
-def save_state(path: pathlib.Path, state, tuned: dict, cycle: int) -> None:
+def save_state(path: pathlib.Path, state: SearchState, tuned: dict, cycle: int) -> None:
   tree = {"hla": state.hla, "lla": state.lla, "surrogate": state.surrogate,
           "plan": state.plan, "tuned": tuned}
-  meta = {"cycle": cycle, "records": state.records, "evaluated": state.evaluated,
-          "recovery": state.recovery}
+  meta = {"cycle": cycle, **state.meta()}
   checkpoint.save_tree(path, _saveable(tree), meta=json.loads(json.dumps(meta, default=float)))
 
 
-def load_state(path: pathlib.Path, like: dict, state_cls):
+def load_state(path: pathlib.Path, like: dict) -> tuple[SearchState, dict, int]:
   tree = _restored(checkpoint.load_tree(path, _saveable(like)), like)
   meta = checkpoint.load_meta(path)
-  state = state_cls(tree["hla"], tree["lla"], tree["surrogate"], tree["plan"], meta["records"],
-                      meta["evaluated"], meta["recovery"])
+  state = SearchState.from_meta(meta, tree["hla"], tree["lla"], tree["surrogate"], tree["plan"])
   return state, tree["tuned"], meta["cycle"]
 
 
@@ -48,8 +55,9 @@ def latest_cycle(ckpt_dir: pathlib.Path) -> int:
   return max(done, default=0)
 
 
-def resume_state(search_, state, path: pathlib.Path, key, base: dict):
-  """Loads a cycle checkpoint, using freshly initialised agents as the structure to fill."""
+def resume_state(search_, state: SearchState, path: pathlib.Path, key, base: dict):
+  """Loads a cycle checkpoint into the structure the agents' states have (shapes only:
+  `jax.eval_shape` of their init, nothing is computed)."""
   config, setup = search_.config, search_.setup
   hla_params = search.hla_params(config, search_.block_sensitivity)
   lla_params = search.lla_params(
@@ -59,8 +67,8 @@ def resume_state(search_, state, path: pathlib.Path, key, base: dict):
       setup.kmap, search_.kernel_sensitivity, search_.signal(state, base["eval"]),
       baseline_accuracy=base["eval"], surrogate_ready=False)
   agents = config.search.proposer != "ilp"
-  hla = search_.hla.init(key, hla_params) if config.search.high_level and agents else None
-  like = {"hla": hla, "lla": search_.lla.init(key, lla_params) if agents else None,
+  abstract = lambda init, params: jax.eval_shape(lambda: init(key, params))
+  like = {"hla": abstract(search_.hla.init, hla_params) if config.search.high_level and agents else None,
+          "lla": abstract(search_.lla.init, lla_params) if agents else None,
           "surrogate": state.surrogate, "plan": state.plan, "tuned": setup.variables}
-  restored, tuned, cycle = load_state(path, like, type(state))
-  return restored, tuned, cycle
+  return load_state(path, like)
