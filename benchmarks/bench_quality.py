@@ -150,6 +150,8 @@ def jobs(methods, seeds, targets):
     for method in methods:
       if method == "uniform_grid":
         yield from ((name, seed, None) for name in qm.GRID)
+      elif method in qm.GRID:
+        yield method, seed, None
       else:
         yield from ((method, seed, t) for t in targets)
 
@@ -160,7 +162,8 @@ def main() -> None:
   parser.add_argument("--dataset", default="fashion_mnist")
   parser.add_argument("--targets", type=float, nargs="+", default=[1.0])
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-  parser.add_argument("--methods", nargs="+", default=list(qm.METHODS), choices=qm.METHODS)
+  parser.add_argument("--methods", nargs="+", default=list(qm.METHODS), choices=qm.METHODS + qm.GRID,
+                      help="methods, or single points of the uniform grid (e.g. grid_INT2_k0.60)")
   parser.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
   parser.add_argument("--merge", nargs="+", default=None, metavar="NAME",
                       help="only merge these results files' rows into this one and render it")

@@ -124,8 +124,9 @@ def summarize(plan: CompressionPlan, kmap) -> dict:
 
 def run_cycle(search_: Search, state: SearchState, cycle: int, base: dict, key,
               log: EventLog, quiet: bool) -> tuple[SearchState, dict]:
-  """One cycle: HLA budgets, LLA candidates screened for real, QAT fine-tune of the pick,
-  surrogate update."""
+  """One cycle, from a state to the next: propose (the agents and/or the integer program,
+  `search.proposer`), screen the candidates for real, QAT fine-tune the pick, update the
+  surrogate and the recovery estimate. Returns (the next state, the fine-tuned variables)."""
   setup = search_.setup
   config = policy.cycle_goal(search_.config, state.ratios(), [c.fit_drop for c in state.cycles])
   proposal = proposals.propose(search_, state, config, cycle, base, key)
