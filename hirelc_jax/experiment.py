@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hirelc_jax import knapsack, policy, proposals, run_state, screening, search
-from hirelc_jax.state import Cycle, Evaluation, SearchState
+from hirelc_jax.state import PLAN_FIELDS, Cycle, Evaluation, SearchState
 from hirelc_jax.agents import budget_env, error_table, kernel_env, proxies
 from hirelc_jax.agents.sensitivity import estimate_sensitivity
 from hirelc_jax.agents.surrogate import SurrogateConfig, encode_plan, make_surrogate, num_features
@@ -153,8 +153,7 @@ def run_cycle(search_: Search, state: SearchState, cycle: int, base: dict, key,
   sur, _ = search_.surrogate.fit(sur, jax.random.fold_in(key, 4))
   fit_drop = base["fit"] - result.best_val_accuracy
   recovery = policy.recovery_estimate([base["eval"] - c.pre_finetune_accuracy for c in state.cycles]
-                                      + [base["eval"] - pre_acc],
-                                      [c.fit_drop for c in state.cycles] + [fit_drop], base["fit_se"])
+                                      + [base["eval"] - pre_acc], [c.fit_drop for c in state.cycles] + [fit_drop])
   times["surrogate_s"] = time.perf_counter() - t0
 
   metrics = plan_metrics(setup, plan)
@@ -200,7 +199,9 @@ def screen(search_: Search, state: SearchState, candidates: CompressionPlan, bas
                                       screening.unique_rows(keys))
   screened = jax.tree.map(lambda a: a[idx], candidates)
   accs = plan_accuracies(search_.setup, screened)
-  pick = screening.pick_for_finetune(ratios[idx], baseline_eval - accs, limit)
+  tried = [any(all(np.array_equal(np.asarray(getattr(c.plan, f)), np.asarray(getattr(screened, f))[j])
+                  for f in PLAN_FIELDS) for c in state.cycles) for j in range(len(idx))]
+  pick = screening.pick_for_finetune(ratios[idx], baseline_eval - accs, limit, np.asarray(tried))
   return screened, accs, ratios[idx], pick
 
 
@@ -268,7 +269,6 @@ def run(config: Config, out_dir: pathlib.Path, *, resume: bool = False, quiet: b
           "fit": accuracy(setup, setup.variables, data.x_val, data.y_val),
           "eval": accuracy(setup, setup.variables, data.x_val[:n_eval], data.y_val[:n_eval]),
           "test": accuracy(setup, setup.variables, data.x_test, data.y_test)}
-  base["fit_se"] = policy.accuracy_se(base["fit"], len(data.y_val))
   phases["baseline"] = time.perf_counter() - t
   log("baseline_accuracy", **base, message=f"baseline: val {base['val']:.2f}%, test {base['test']:.2f}%")
   note = policy.resolution_note(config.goal.target_accuracy_drop, len(selection[1]))

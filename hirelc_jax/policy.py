@@ -16,33 +16,27 @@ import numpy as np
 from hirelc_jax.config import Config
 
 RECOVERY_PRIOR = 0.3      # post- over pre-fine-tune drop before any fine-tune is measured
-RECOVERY_FLOOR = 0.05     # so the screening limit stays within 20x the target
+RECOVERY_FLOOR = 0.1      # so the screening limit stays within 10x the target
 
 
-def accuracy_se(accuracy: float, count: int) -> float:
-  """Standard error (points) of an accuracy (points) measured on `count` examples."""
-  p = min(max(accuracy / 100.0, 0.0), 1.0)
-  return 100.0 * math.sqrt(max(p * (1.0 - p), 1.0 / count) / max(count, 1))
-
-
-def recovery_estimate(pre_drops, post_drops, post_se: float) -> float:
+def recovery_estimate(pre_drops, post_drops) -> float:
   """Post- over pre-fine-tune drop, pooled over cycles, for the screening limit and the LLA signal.
 
-  A post-fine-tune drop is counted at its upper standard error (`post_se`, the
-  fit half's resolution), so a fine-tune that recovers fully still counts as
-  "within one standard error" rather than as zero. The prior enters as one
-  pseudo-cycle of a 1-point pre-fine-tune drop. Ratio of sums, not mean of
-  ratios: a cycle with a tiny pre-fine-tune drop cannot dominate.
+  A ratio of sums with the prior as one pseudo-cycle of a 1-point pre-fine-tune
+  drop, so a cycle with a tiny pre-fine-tune drop cannot dominate. Post drops
+  enter as measured, negative ones too (clipping them at 0 would bias the
+  estimate up). A fine-tune that recovers fully drives the ratio towards 0,
+  where the floor holds it: the screening limit (target / recovery) never
+  exceeds 10x the target, and the agents' predicted drop never shrinks by more.
 
   Args:
     pre_drops, post_drops: float [C] per completed cycle (points).
-    post_se: float, points.
   Returns:
     float in [RECOVERY_FLOOR, 1].
   """
   pre = np.maximum(np.asarray(pre_drops, np.float64), 0.0)
-  post = np.maximum(np.asarray(post_drops, np.float64), 0.0) + post_se
-  value = (RECOVERY_PRIOR + np.sum(np.minimum(post, pre))) / (1.0 + np.sum(pre))
+  post = np.asarray(post_drops, np.float64)
+  value = (RECOVERY_PRIOR + np.sum(post)) / (1.0 + np.sum(pre))
   return float(np.clip(value, RECOVERY_FLOOR, 1.0))
 
 

@@ -50,17 +50,21 @@ def pick_for_evaluation(ratios, predicted_drops, limit: float, count: int, disti
   return np.asarray(chosen[:count], np.int64)
 
 
-def pick_for_finetune(ratios, measured_drops, limit: float) -> int:
+def pick_for_finetune(ratios, measured_drops, limit: float, tried=None) -> int:
   """Position (in the screened list) of the plan to fine-tune.
 
   The most compressed one whose measured pre-fine-tune drop is within
-  `limit`; if none is, the most accurate one (ties: the first).
+  `limit`; if none is, the most accurate one (ties: the first). Plans marked in
+  `tried` (bool [S], already fine-tuned by an earlier cycle) are passed over
+  unless every screened plan was tried.
   """
   ratios, drops = np.asarray(ratios, np.float64), np.asarray(measured_drops, np.float64)
-  ok = np.flatnonzero(drops <= limit)
+  fresh = np.ones(len(ratios), bool) if tried is None or np.all(tried) else ~np.asarray(tried, bool)
+  ok = np.flatnonzero((drops <= limit) & fresh)
   if len(ok):
     return int(ok[np.argmax(ratios[ok])])
-  return int(np.argmin(drops))
+  pool = np.flatnonzero(fresh)
+  return int(pool[np.argmin(drops[pool])])
 
 
 def front(ratios, drops) -> np.ndarray:

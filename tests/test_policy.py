@@ -7,24 +7,17 @@ from hirelc_jax import config as C
 from hirelc_jax import policy
 
 
-def test_accuracy_se_is_the_binomial_standard_error():
-  assert policy.accuracy_se(90.0, 3000) == pytest.approx(100 * np.sqrt(0.9 * 0.1 / 3000))
-  assert policy.accuracy_se(100.0, 400) == pytest.approx(100 * np.sqrt(1 / 400) / np.sqrt(400))  # never 0
-
-
 def test_recovery_is_the_prior_before_any_cycle_and_pools_cycles_as_a_ratio_of_sums():
-  assert policy.recovery_estimate([], [], 0.5) == pytest.approx(policy.RECOVERY_PRIOR)
-  # (0.3 + (1.0 + 0.5) + (2.0 + 0.5)) / (1 + 4 + 6)
-  assert policy.recovery_estimate([4.0, 6.0], [1.0, 2.0], 0.5) == pytest.approx(4.3 / 11)
+  assert policy.recovery_estimate([], []) == pytest.approx(policy.RECOVERY_PRIOR)
+  assert policy.recovery_estimate([4.0, 6.0], [1.0, 2.0]) == pytest.approx(3.3 / 11)
+  assert policy.recovery_estimate([2.2, 2.25], [0.53, -0.1]) == pytest.approx(0.73 / 5.45)
 
 
-def test_a_full_recovery_counts_at_its_standard_error_so_the_limit_stays_bounded():
+def test_a_full_recovery_is_held_at_the_floor_so_the_limit_stays_bounded():
   # The recorded default run's collapse: post drops of 0 after pre drops of 5 and 8.
-  r = policy.recovery_estimate([5.0, 8.0], [-0.2, 0.0], 0.57)
-  assert r == pytest.approx((0.3 + 2 * 0.57) / 14)
-  assert 1.0 / r < 10                                    # a 1-point target screens below 10 points
-  assert policy.recovery_estimate([80.0] * 4, [0.0] * 4, 0.0) == policy.RECOVERY_FLOOR
-  assert policy.recovery_estimate([0.1], [5.0], 0.5) <= 1.0
+  assert policy.recovery_estimate([5.0, 8.0], [-0.2, 0.0]) == policy.RECOVERY_FLOOR
+  assert 1.0 / policy.RECOVERY_FLOOR == pytest.approx(10.0)   # a 1-point target screens within 10 points
+  assert policy.recovery_estimate([0.1], [5.0]) == 1.0
 
 
 def test_cycle_goal_brackets_the_answer_between_a_met_and_a_missed_ratio():

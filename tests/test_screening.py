@@ -53,3 +53,11 @@ def test_bisection_finds_the_last_position_that_meets_the_target():
       met = [i for i, ok in outcomes.items() if ok]
       assert max(met, default=-1) == boundary
       assert steps <= int(np.ceil(np.log2(size + 1))) + 2
+
+
+def test_a_plan_already_fine_tuned_is_passed_over_unless_all_were():
+  ratios, drops = [20.0, 25.0, 10.0], [1.0, 2.5, 0.1]
+  assert screening.pick_for_finetune(ratios, drops, 2.0) == 0
+  assert screening.pick_for_finetune(ratios, drops, 2.0, np.array([True, False, False])) == 2
+  assert screening.pick_for_finetune(ratios, drops, 0.05, np.array([False, False, True])) == 0  # most accurate fresh
+  assert screening.pick_for_finetune(ratios, drops, 2.0, np.array([True, True, True])) == 0
