@@ -47,7 +47,7 @@ def summarize(rows, base) -> list[dict]:
   out = []
   for target in sorted({r["target"] for r in rows if r.get("target") is not None}):
     here = rows_at(rows, target, base)
-    for method in qm.METHODS:
+    for method in qm.METHODS + qm.RECORDED:
       mine = [r for r in here if r["method"] == method]
       if not mine:
         continue
@@ -55,6 +55,7 @@ def summarize(rows, base) -> list[dict]:
       drop = base["test"] - col("test_accuracy")
       out.append({"target": target, "method": method, "seeds": len(mine),
                   "drop_mean": drop.mean(), "drop_std": drop.std(), "drop_max": drop.max(),
+                  "val_drop_mean": (base["val"] - col("val_accuracy")).mean(),
                   "ratio_mean": col("compression_ratio").mean(), "ratio_std": col("compression_ratio").std(),
                   "paper_ratio_mean": col("paper_compression_ratio").mean(),
                   "wall_s_mean": col("wall_s").mean(), "real_evals": col("real_evals").mean(),
@@ -65,11 +66,11 @@ def summarize(rows, base) -> list[dict]:
 def markdown(summary, rows, base, machine) -> str:
   lines = [f"Baseline test accuracy {base['test']:.2f}% (held-out validation half {base['val']:.2f}%). "
            f"Machine: {machine['cpu']} ({machine['cores']} cores, {machine['backend']}).", "",
-           "| target (pts) | method | seeds | test drop (pts) | worst seed | honest compression | paper metric "
-           "| real evals | fine-tunes | wall (s) |", "|---|---|---|---|---|---|---|---|---|---|"]
+           "| target (pts) | method | seeds | test drop (pts) | worst seed | held-out val drop | honest compression "
+           "| paper metric | real evals | fine-tunes | wall (s) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
   for s in summary:
     lines.append(f"| {s['target']:g} | {s['method']} | {s['seeds']} | {s['drop_mean']:.2f} ± {s['drop_std']:.2f} | "
-                 f"{s['drop_max']:.2f} | {s['ratio_mean']:.2f}x ± {s['ratio_std']:.2f} | "
+                 f"{s['drop_max']:.2f} | {s['val_drop_mean']:.2f} | {s['ratio_mean']:.2f}x ± {s['ratio_std']:.2f} | "
                  f"{s['paper_ratio_mean']:.2f}x | {s['real_evals']:.0f} | {s['finetunes']:.0f} | "
                  f"{s['wall_s_mean']:.0f}{'*' if s['shared_cpu'] else ''} |")
   grid = [r for r in rows if r["method"].startswith("grid_")]
@@ -99,7 +100,7 @@ def plot(rows, base, path):
   if grid:
     ax.scatter([r["compression_ratio"] for r in grid], [base["test"] - r["test_accuracy"] for r in grid],
                marker="s", s=18, color="lightgrey", label="uniform grid, every point")
-  for i, method in enumerate(qm.METHODS):
+  for i, method in enumerate(qm.METHODS + qm.RECORDED):
     pts = [(np.mean([r["compression_ratio"] for r in mine]), base["test"] - np.mean([r["test_accuracy"] for r in mine]))
            for t in targets for mine in [[r for r in rows_at(rows, t, base) if r["method"] == method]] if mine]
     if pts:

@@ -42,6 +42,8 @@ GRID_FORMATS = (("INT2", 2, "int"), ("INT3", 3, "int"), ("INT4", 4, "int"), ("FP
 GRID_KEEPS = (1.0, 0.8, 0.75, 0.6, 0.5, 0.4)
 GRID = tuple(f"grid_{f}_k{k:.2f}" for f, _, _ in GRID_FORMATS for k in GRID_KEEPS)
 METHODS = tuple(SEARCHES) + CANDIDATES + ("uniform_grid",)
+# Rows of a method as it was at an earlier commit (the row's "commit"), kept for before/after; not rerunnable.
+RECORDED = ("search_ilp_se_recovery",)   # post-fine-tune drops counted at their standard error (7efc449)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)   # hashed by identity: candidates() caches on it
