@@ -198,6 +198,9 @@ def main():
     parts += list(section_runs(runs))
   for p in sorted(RESULTS.glob("quality_*.json")):
     parts += list(section_quality(load(p.stem), p.stem[len("quality_"):]))
+  if (RESULTS / "superseded").is_dir():
+    parts += ["The quality tables before issue 14 (baselines that could not prune, measured before the "
+              "quantizer fixes of commit d762f40) are kept in `benchmarks/results/superseded/`.\n"]
   if (r := load("growth")):
     parts += list(section_growth(r))
   if (r := load("export")):
