@@ -64,15 +64,15 @@ def cycle_goal(config: Config, ratios, fit_drops) -> Config:
   return dataclasses.replace(config, goal=dataclasses.replace(goal, target_compression=target))
 
 
-def select_best(ratios, val_drops, target_drop: float, margin: float = 0.0) -> int:
-  """The chosen cycle: the most compressed one whose held-out drop is within the target less
-  `margin` (points), else the most accurate one (ties: the more compressed).
+def select_best(ratios, val_drops, target_drop: float) -> int:
+  """The chosen cycle: the most compressed one whose held-out drop is within the target
+  (ties: the lower drop), else the most accurate one (ties: the more compressed).
 
   Args:
     ratios, val_drops: float [C].
   """
   ratios, drops = np.asarray(ratios, np.float64), np.asarray(val_drops, np.float64)
-  ok = np.flatnonzero(drops <= target_drop - margin)
+  ok = np.flatnonzero(drops <= target_drop)
   if len(ok):
     return int(ok[np.lexsort((drops[ok], -ratios[ok]))[0]])
   return int(np.lexsort((-ratios, drops))[0])

@@ -19,7 +19,6 @@ import numpy as np
 
 from hirelc_jax import knapsack, search
 from hirelc_jax.compression.plan import CompressionPlan
-from hirelc_jax.config import PROPOSERS  # noqa: F401  (the sources, validated by Config)
 
 ILP_CANDIDATES = 16       # solutions per cycle: the goal's, then 15 from half the goal to the maximum
 CANDIDATE_DRAWS = 16      # policy draws per cycle; with the votes and members, (1 + 16) * (1 + M) plans

@@ -36,7 +36,6 @@ def test_cycle_goal_brackets_the_answer_between_a_met_and_a_missed_ratio():
 def test_select_best_takes_the_most_compressed_within_target_else_the_most_accurate():
   ratios, drops = [10.0, 14.0, 20.0, 14.0], [0.4, 0.9, 1.2, 0.8]
   assert policy.select_best(ratios, drops, 1.0) == 3     # 14x twice: the lower drop
-  assert policy.select_best(ratios, drops, 1.0, margin=0.3) == 0
   assert policy.select_best(ratios, drops, 0.1) == 0     # none within: the most accurate
   assert policy.select_best([5.0, 9.0], [0.7, 0.7], 0.1) == 1   # ties: the more compressed
 
