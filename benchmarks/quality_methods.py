@@ -113,8 +113,8 @@ def run_candidates(bench: Bench, method: str, seed: int, target: float) -> dict:
   plans, accs, eval_s = candidates(bench, method, seed)
   t0 = time.perf_counter()
   setup, cycles = bench.setup, bench.setup.config.search.cycles
-  ratios = np.array([evaluation.plan_metrics(setup, jax.tree.map(lambda a: a[i], plans))["compression_ratio"]
-                     for i in range(len(accs))])
+  params, state = accounting.split_variables(setup.variables)
+  ratios = np.asarray(accounting.compression_ratio(params, plans, setup.kmap, state), np.float64)   # [N]
   drops = bench.base["eval"] - accs
   order = screening.front(ratios, drops)
   within = np.flatnonzero(drops[order] <= target / policy.RECOVERY_PRIOR)
