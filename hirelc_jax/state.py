@@ -70,7 +70,8 @@ class Cycle:
   @classmethod
   def from_record(cls, record: Mapping) -> "Cycle":
     typed = {f.name for f in dataclasses.fields(cls)} - {"plan", "details", "val_drop"}
-    plan = CompressionPlan(**{f: np.asarray(v) for f, v in record["plan_arrays"].items()})
+    plan = CompressionPlan(**{f: np.asarray(v, np.float32 if f == "keep" else np.int32)
+                              for f, v in record["plan_arrays"].items()})   # the dtypes a cycle wrote
     details = {k: v for k, v in record.items() if k not in typed | {"plan_arrays", "accuracy_drop_val"}}
     return cls(plan=plan, val_drop=record["accuracy_drop_val"], details=details,
                **{k: record[k] for k in typed})
