@@ -38,7 +38,8 @@ def rows_at(rows, target, base):
   for seed in sorted({r["seed"] for r in rows if r["method"].startswith("grid_")}):
     points = [r for r in rows if r["method"].startswith("grid_") and r["seed"] == seed]
     if len(points) == len(qm.GRID):
-      pick = points[qm.choose(points, base["val"], target)]
+      pick = points[qm.choose([{**p, "val_drop": base["val"] - p["val_accuracy"]} for p in points],
+                              target, qm.MARGIN_SE)]
       out.append({**pick, "method": "uniform_grid", "finetunes": len(points), "grid_point": pick["method"]})
   return out
 

@@ -2,16 +2,19 @@
 
 Every method starts from one baseline and one error table, and every one
 chooses its result the same way: the most compressed fine-tuned plan whose
-drop on the held-out half of validation is within the target (else the most
-accurate one), so the reported test drop was never looked at while choosing.
+drop on the held-out half of validation, plus `search.margin_se` standard
+errors, is within the target (else the most accurate one), so the reported
+test drop was never looked at while choosing. Every fine-tuned plan's drops
+(fit half, held-out half, test, with standard errors) are kept in the row's
+`finetuned`, for studying choice rules offline.
 
 Budgets are equal: a search gets `warmup_samples + 7 uniform + cycles x
 screen` real pre-fine-tune evaluations (43 by default) and `cycles` QAT
 fine-tunes (4). The candidate baselines (the integer program's path over
 budgets, the greedy path, random plans) evaluate that many candidates and
 spend the fine-tunes by bisection along the candidates' front (compression
-against measured drop), steered by the fine-tunes' own early-stopping score
-on the other half of validation: a stronger use of 4 fine-tunes than one per
+against measured drop), steered by the fine-tunes' fit-half drops with the
+same margin: a stronger use of 4 fine-tunes than one per
 guess. The uniform grid fine-tunes every grid point (more fine-tunes than any
 other method; its per-target choice uses the held-out half too).
 """
@@ -31,6 +34,7 @@ from hirelc_jax import config as config_io
 from hirelc_jax import evaluation, experiment, knapsack, policy, screening, search
 from hirelc_jax.compression import accounting
 from hirelc_jax.compression.plan import stack_plans, uniform_plan
+from hirelc_jax.training import checkpoint
 
 SEARCHES = {"hirelc": {}, "search_agents": {"search.proposer": "agents"},
             "search_agents_ilp": {"search.proposer": "both"}, "search_ilp": {"search.proposer": "ilp"},
@@ -42,6 +46,7 @@ GRID_FORMATS = (("INT2", 2, "int"), ("INT3", 3, "int"), ("INT4", 4, "int"), ("FP
 GRID_KEEPS = (1.0, 0.8, 0.75, 0.6, 0.5, 0.4)
 GRID = tuple(f"grid_{f}_k{k:.2f}" for f, _, _ in GRID_FORMATS for k in GRID_KEEPS)
 METHODS = tuple(SEARCHES) + CANDIDATES + ("uniform_grid",)
+MARGIN_SE = config_io.Config().search.margin_se   # the uniform grid's per-target choice uses the default
 # Rows of a method as it was at an earlier commit (the row's "commit"), kept for before/after; not rerunnable.
 RECORDED = ("search_ilp_se_recovery",)   # post-fine-tune drops counted at their standard error (7efc449)
 
@@ -50,12 +55,14 @@ RECORDED = ("search_ilp_se_recovery",)   # post-fine-tune drops counted at their
 class Bench:
   """What every method shares: the setup with the fit half of validation, the held-out half,
   the error table, the baseline's accuracies (`fit`: fit half, `eval`: its first eval_samples,
-  `val`: held-out half, `test`) and the full setup the searches split themselves."""
+  `val`: held-out half, `test`), its per-example correctness on the halves and the test set,
+  and the full setup the searches split themselves."""
   full: evaluation.Setup
   setup: evaluation.Setup
   selection: tuple
   table: object
   base: dict
+  base_correct: dict
 
 
 def make_bench(setup: evaluation.Setup) -> Bench:
@@ -64,7 +71,20 @@ def make_bench(setup: evaluation.Setup) -> Bench:
   acc = lambda x, y: evaluation.accuracy(fit, fit.variables, x, y)
   base = {"fit": acc(d.x_val, d.y_val), "eval": acc(d.x_val[:n], d.y_val[:n]), "val": acc(*selection),
           "test": acc(d.x_test, d.y_test)}
-  return Bench(setup, fit, selection, evaluation.make_error_table(fit), base)
+  base_correct = {**evaluation.halves_correct(fit, fit.variables, selection),
+                  "test": evaluation.correct(fit, fit.variables, d.x_test, d.y_test)}
+  return Bench(setup, fit, selection, evaluation.make_error_table(fit), base, base_correct)
+
+
+def measured(bench: Bench, tuned, compression_ratio: float) -> dict:
+  """A fine-tuned plan's drops and standard errors on both halves and on test (points). The
+  test numbers are for studying choice rules offline; no choice ever reads them."""
+  drops = evaluation.halves_drops(bench.setup, bench.base_correct, tuned, bench.selection)
+  d = bench.setup.data
+  drops["test"] = evaluation.paired_drop(bench.base_correct["test"],
+                                         evaluation.correct(bench.setup, tuned, d.x_test, d.y_test))
+  return {"compression_ratio": compression_ratio,
+          **{f"{half}_{k}": v for half, (drop, se) in drops.items() for k, v in (("drop", drop), ("se", se))}}
 
 
 def real_evals(s) -> int:
@@ -78,11 +98,14 @@ def run_search(bench: Bench, method: str, seed: int, target: float) -> dict:
   with tempfile.TemporaryDirectory() as out:
     report = experiment.run(config, pathlib.Path(out) / "run", quiet=True, echo=None,
                             setup=dataclasses.replace(bench.full, config=config))
+    wall = time.perf_counter() - t0
+    cycles = [measured(bench, checkpoint.load_tree(pathlib.Path(out) / "run" / "checkpoints" / f"cycle_{c['cycle']}")
+                       ["tuned"], c["compression_ratio"]) for c in report["cycles"]]
   return {"test_accuracy": report["final_accuracy"], "val_accuracy": report["final_val_accuracy"],
-          "compression_ratio": report["compression_ratio"],
+          "val_se": report["final_val_se"], "compression_ratio": report["compression_ratio"],
           "paper_compression_ratio": report["paper_compression_ratio"],
-          "wall_s": time.perf_counter() - t0, "real_evals": real_evals(config.search),
-          "finetunes": config.search.cycles}
+          "wall_s": wall, "real_evals": real_evals(config.search), "finetunes": config.search.cycles,
+          "finetuned": cycles}
 
 
 @functools.lru_cache(maxsize=8)
@@ -112,7 +135,7 @@ def run_candidates(bench: Bench, method: str, seed: int, target: float) -> dict:
   """A candidate baseline: its candidates' front searched by bisection with the fine-tunes."""
   plans, accs, eval_s = candidates(bench, method, seed)
   t0 = time.perf_counter()
-  setup, cycles = bench.setup, bench.setup.config.search.cycles
+  setup, s = bench.setup, bench.setup.config.search
   params, state = accounting.split_variables(setup.variables)
   ratios = np.asarray(accounting.compression_ratio(params, plans, setup.kmap, state), np.float64)   # [N]
   drops = bench.base["eval"] - accs
@@ -121,29 +144,18 @@ def run_candidates(bench: Bench, method: str, seed: int, target: float) -> dict:
   first = int(within[-1]) if len(within) else 0
   outcomes, records, tuned_all = {}, [], []
   probe = screening.bisect_next(len(order), outcomes, first)
-  while probe is not None and len(records) < cycles:
+  while probe is not None and len(records) < s.cycles:
     plan = jax.tree.map(lambda a: a[order[probe]], plans)
-    tuned, result = evaluation.finetune(setup, plan, jax.random.fold_in(jax.random.key(seed), len(records)),
-                                        quiet=True)
-    fit_drop = bench.base["fit"] - result.best_val_accuracy
-    outcomes[probe] = fit_drop <= target
-    records.append({"val_accuracy": evaluation.accuracy(setup, tuned, *bench.selection),
-                    "compression_ratio": float(ratios[order[probe]]), "plan": plan, "fit_drop": fit_drop})
+    tuned, _ = evaluation.finetune(setup, plan, jax.random.fold_in(jax.random.key(seed), len(records)),
+                                   quiet=True)
+    record = {**measured(bench, tuned, float(ratios[order[probe]])), "plan": plan}
+    outcomes[probe] = bool(policy.within(record["fit_drop"], s.margin_se * record["fit_se"], target))
+    records.append(record)
     tuned_all.append(tuned)
     probe = screening.bisect_next(len(order), outcomes, first)
-  best = choose(records, bench.base["val"], target)
-  row = finished(bench, records[best], tuned_all[best], eval_s + time.perf_counter() - t0, len(accs), len(records))
-  return {**row, "finetuned": analysis(bench, records, tuned_all)}
-
-
-def analysis(bench: Bench, records: list[dict], tuned_all: list) -> list[dict]:
-  """Every fine-tuned candidate's drops, test included, measured after the choice: data for
-  studying choice rules (margins) offline; the choice above never sees a test number."""
-  d = bench.setup.data
-  return [{"compression_ratio": r["compression_ratio"], "fit_drop": r["fit_drop"],
-           "val_drop": bench.base["val"] - r["val_accuracy"],
-           "test_drop": bench.base["test"] - evaluation.accuracy(bench.setup, t, d.x_test, d.y_test)}
-          for r, t in zip(records, tuned_all)]
+  best = choose(records, target, s.margin_se)
+  row = finished(bench, records[best], eval_s + time.perf_counter() - t0, len(accs), len(records))
+  return {**row, "finetuned": [{k: v for k, v in r.items() if k != "plan"} for r in records]}
 
 
 def run_grid_point(bench: Bench, name: str, seed: int) -> dict:
@@ -154,23 +166,23 @@ def run_grid_point(bench: Bench, name: str, seed: int) -> dict:
   plan = plan.replace(keep=np.full(plan.keep.shape, float(keep), np.float32))
   t0 = time.perf_counter()
   tuned, _ = evaluation.finetune(bench.setup, plan, jax.random.key(seed), quiet=True)
-  record = {"val_accuracy": evaluation.accuracy(bench.setup, tuned, *bench.selection), "plan": plan}
-  return finished(bench, record, tuned, time.perf_counter() - t0, 0, 1)
+  m = evaluation.plan_metrics(bench.setup, plan)
+  return finished(bench, {**measured(bench, tuned, m["compression_ratio"]), "plan": plan},
+                  time.perf_counter() - t0, 0, 1)
 
 
-def finished(bench: Bench, record: dict, tuned, wall_s: float, evals: int, finetunes: int) -> dict:
-  d = bench.setup.data
+def finished(bench: Bench, record: dict, wall_s: float, evals: int, finetunes: int) -> dict:
+  """A row from the chosen fine-tuned plan's `measured` record (with its plan)."""
   m = evaluation.plan_metrics(bench.setup, record["plan"])
-  plan = record["plan"]
-  return {"test_accuracy": evaluation.accuracy(bench.setup, tuned, d.x_test, d.y_test),
-          "val_accuracy": record["val_accuracy"], "compression_ratio": m["compression_ratio"],
+  return {"test_accuracy": bench.base["test"] - record["test_drop"],
+          "val_accuracy": bench.base["val"] - record["val_drop"], "val_se": record["val_se"],
+          "compression_ratio": m["compression_ratio"],
           "paper_compression_ratio": m["paper_compression_ratio"], "wall_s": wall_s,
           "real_evals": evals, "finetunes": finetunes,
-          "plan_summary": experiment.summarize(plan, bench.setup.kmap)}
+          "plan_summary": experiment.summarize(record["plan"], bench.setup.kmap)}
 
 
-def choose(records: list[dict], base_val: float, target: float) -> int:
-  """`policy.select_best` over records with compression_ratio and held-out val_accuracy."""
-  return policy.select_best([r["compression_ratio"] for r in records],
-                            [base_val - r["val_accuracy"] for r in records], target)
-
+def choose(records: list[dict], target: float, margin_se: float) -> int:
+  """`policy.select_best` over records with compression_ratio, held-out val_drop and val_se."""
+  return policy.select_best([r["compression_ratio"] for r in records], [r["val_drop"] for r in records],
+                            target, margin_se * np.array([r["val_se"] for r in records]))

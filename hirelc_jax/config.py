@@ -76,6 +76,7 @@ class SearchConfig:
   screen: int = 4                    # LLA candidates evaluated for real per cycle (1: fine-tune the vote)
   escalate: float = 1.25             # later cycles aim this much above a plan that met the target (1: fixed)
   escalate_floors: bool = True       # a raised goal also loosens the HLA's per-block floors, a level per doubling
+  margin_se: float = 1.0             # a drop counts as within the target only this many standard errors below it
   eval_samples: int = 2000           # validation examples for warm-up and candidate scoring
   signal: str = "error_table"        # LLA accuracy signal: error_table | surrogate | proxy
   high_level: bool = True            # False: no HLA, every block gets the goal's budget
@@ -135,6 +136,9 @@ class Config:
       raise ValueError(f"search.screen={self.search.screen} must be at least 1 (1: fine-tune the vote)")
     if not self.search.escalate >= 1.0:
       raise ValueError(f"search.escalate={self.search.escalate} must be >= 1 (1: a fixed compression goal)")
+    if not 0.0 <= self.search.margin_se <= 10.0:
+      raise ValueError(f"search.margin_se={self.search.margin_se} must be in [0, 10] standard errors "
+                       f"(0: the point estimate alone)")
     if not 0.0 < self.data.val_fraction < 1.0:
       raise ValueError(f"data.val_fraction={self.data.val_fraction} must be in (0, 1): the search "
                        f"early-stops and chooses its cycle on the validation split")

@@ -117,6 +117,57 @@ def accuracy(setup: Setup, variables, x, y) -> float:
                        loop.TrainConfig().eval_batch_size)
 
 
+@functools.lru_cache(maxsize=8)
+def _batch_correct(module):
+  @jax.jit
+  def batch_correct(params, model_state, x, y):
+    logits, _ = loop.forward(module, params, model_state, x, train=False)
+    return jnp.argmax(logits, -1) == y
+  return batch_correct
+
+
+def correct(setup: Setup, variables, x, y) -> np.ndarray:
+  """Whether the model classifies each example right, bool `[N]` (fixed batches, the last padded)."""
+  state = {k: v for k, v in variables.items() if k != "params"}
+  batch_correct = _batch_correct(setup.spec.module)
+  xs, ys, valid = loop.pad_to_batches(x, y, loop.TrainConfig().eval_batch_size)
+  out = [np.asarray(batch_correct(variables["params"], state, xb, yb))[np.asarray(v)]
+         for xb, yb, v in zip(xs, ys, valid)]
+  return np.concatenate(out) if out else np.zeros(0, bool)
+
+
+def paired_drop(base_correct: np.ndarray, new_correct: np.ndarray) -> tuple[float, float]:
+  """The accuracy drop (points) of a model against the baseline on the same examples, and its
+  standard error from the paired counts.
+
+  With b examples only the baseline gets right and c only the new model, the
+  drop is 100 (b - c) / n and its standard error 100 sqrt(b + c + 1) / n: the
+  paired (McNemar) variance, its (b - c)^2 / n term left out and one discordant
+  pseudo-pair added, so it never reads 0 on a small set. Examples both models
+  get right or wrong carry no information about the difference.
+
+  Args:
+    base_correct, new_correct: bool `[N]`, N >= 1.
+  """
+  base, new = np.asarray(base_correct, bool), np.asarray(new_correct, bool)
+  n = len(base)
+  b, c = int(np.sum(base & ~new)), int(np.sum(~base & new))
+  return 100.0 * (b - c) / n, 100.0 * float(np.sqrt(b + c + 1)) / n
+
+
+def halves_correct(setup: Setup, variables, selection) -> dict:
+  """{'fit': bool [V1], 'val': bool [V2]}: per-example correctness on the fit half
+  (`setup.data`'s validation split after `hold_out_selection`) and the held-out half."""
+  d = setup.data
+  return {"fit": correct(setup, variables, d.x_val, d.y_val), "val": correct(setup, variables, *selection)}
+
+
+def halves_drops(setup: Setup, base_correct: dict, variables, selection) -> dict:
+  """{'fit': (drop, se), 'val': (drop, se)} of `variables` against the baseline's `halves_correct`."""
+  new = halves_correct(setup, variables, selection)
+  return {half: paired_drop(base_correct[half], new[half]) for half in ("fit", "val")}
+
+
 def plan_accuracies(setup: Setup, plans: CompressionPlan, batch: int = 8, *,
                     desc: str | None = None, quiet: bool = True) -> np.ndarray:
   """Pre-fine-tune accuracy of each plan on the evaluation subset, `batch` plans per call."""

@@ -23,8 +23,9 @@ from hirelc_jax.agents.surrogate import SurrogateConfig, encode_plan, make_surro
 from hirelc_jax.compression import accounting
 from hirelc_jax.compression.plan import CompressionPlan
 from hirelc_jax.config import Config
-from hirelc_jax.evaluation import (Setup, _loss_fn, accuracy, finetune, hold_out_selection,
-                                   make_error_table, plan_accuracies, plan_metrics, prepare, uniform_plans)
+from hirelc_jax.evaluation import (Setup, _loss_fn, accuracy, finetune, halves_correct, halves_drops,
+                                   hold_out_selection, make_error_table, plan_accuracies, plan_metrics,
+                                   prepare, uniform_plans)
 from hirelc_jax.training import baseline
 
 DEFAULT_POINTS_PER_ERROR = 1.0  # error-table calibration until 3 plans with moderate drops exist
@@ -47,11 +48,13 @@ class EventLog:
 class Search:
   """The agents, the surrogate and their jitted functions for one Setup.
 
-  `selection` (x, y) is the held-out half of validation that scores fine-tuned plans.
+  `selection` (x, y) is the held-out half of validation that scores fine-tuned plans;
+  `base_correct` the baseline's per-example correctness on the fit half and on it.
   """
 
   def __init__(self, setup: Setup, sensitivity, table: error_table.ErrorTable | None, selection):
     self.setup, self.config, self.selection = setup, setup.config, selection
+    self.base_correct = halves_correct(setup, setup.variables, selection)
     self.table = table
     kmap = setup.kmap
     self.present = jnp.asarray(kmap.present)
@@ -97,6 +100,11 @@ class Search:
       inner = proxies.quant_error_signal(weights, self.kernel_sensitivity)
     return (inner, jnp.float32(state.recovery))
 
+  def margins(self, cycles) -> tuple[np.ndarray, np.ndarray]:
+    """`search.margin_se` times the cycles' (fit, held-out) standard errors, [C] each."""
+    z = self.config.search.margin_se
+    return (z * np.array([c.fit_se for c in cycles]), z * np.array([c.val_se for c in cycles]))
+
   def errors(self, plans: CompressionPlan) -> np.ndarray:
     """Whole-model Fisher-weighted error E of each plan `[N]` (NaN without a table)."""
     if self.plan_error is None:
@@ -128,7 +136,8 @@ def run_cycle(search_: Search, state: SearchState, cycle: int, base: dict, key,
   `search.proposer`), screen the candidates for real, QAT fine-tune the pick, update the
   surrogate and the recovery estimate. Returns (the next state, the fine-tuned variables)."""
   setup = search_.setup
-  config = policy.cycle_goal(search_.config, state.ratios(), [c.fit_drop for c in state.cycles])
+  config = policy.cycle_goal(search_.config, state.ratios(), [c.fit_drop for c in state.cycles],
+                             search_.margins(state.cycles)[0])
   proposal = proposals.propose(search_, state, config, cycle, base, key)
   times, candidates, budgets = dict(proposal.times), proposal.candidates, proposal.budgets
 
@@ -144,14 +153,15 @@ def run_cycle(search_: Search, state: SearchState, cycle: int, base: dict, key,
 
   t0 = time.perf_counter()
   tuned, result = finetune(setup, plan, jax.random.fold_in(key, 3), f"cycle {cycle + 1} fine-tune", quiet)
-  val_acc = accuracy(setup, tuned, *search_.selection)
+  drops = halves_drops(setup, search_.base_correct, tuned, search_.selection)
+  (fit_drop, fit_se), (val_drop, val_se) = drops["fit"], drops["val"]
+  val_acc = base["val"] - val_drop
   times["finetune_s"] = time.perf_counter() - t0
 
   t0 = time.perf_counter()
   sur = search_.surrogate.add(state.surrogate, features, jnp.asarray(accs))
   sur = search_.surrogate.record_prediction(sur, predicted, pre_acc)
   sur, _ = search_.surrogate.fit(sur, jax.random.fold_in(key, 4))
-  fit_drop = base["fit"] - result.best_val_accuracy
   recovery = policy.recovery_estimate([base["eval"] - c.pre_finetune_accuracy for c in state.cycles]
                                       + [base["eval"] - pre_acc], [c.fit_drop for c in state.cycles] + [fit_drop])
   times["surrogate_s"] = time.perf_counter() - t0
@@ -169,8 +179,8 @@ def run_cycle(search_: Search, state: SearchState, cycle: int, base: dict, key,
   done = Cycle(cycle=cycle + 1, goal_compression=config.goal.target_compression, plan=jax.device_get(plan),
                compression_ratio=metrics["compression_ratio"],
                paper_compression_ratio=metrics["paper_compression_ratio"], storage_bits=metrics["storage_bits"],
-               pre_finetune_accuracy=pre_acc, fit_drop=fit_drop, val_accuracy=val_acc,
-               val_drop=base["val"] - val_acc, recovery=recovery, details=details)
+               pre_finetune_accuracy=pre_acc, fit_drop=fit_drop, fit_se=fit_se,
+               val_accuracy=val_acc, val_drop=val_drop, val_se=val_se, recovery=recovery, details=details)
   log("cycle", **done.to_record(), message=(
       f"cycle {cycle + 1}: val {val_acc:.2f}% (pre-fine-tune {pre_acc:.2f}%), "
       f"compression {done.compression_ratio:.2f}x honest / {done.paper_compression_ratio:.2f}x paper"))
@@ -309,7 +319,8 @@ def run(config: Config, out_dir: pathlib.Path, *, resume: bool = False, quiet: b
   phases["cycles"] = time.perf_counter() - t
 
   t = time.perf_counter()
-  best = policy.select_best(state.ratios(), [c.val_drop for c in state.cycles], config.goal.target_accuracy_drop)
+  best = policy.select_best(state.ratios(), [c.val_drop for c in state.cycles], config.goal.target_accuracy_drop,
+                            search_.margins(state.cycles)[1])
   _, tuned, _ = run_state.resume_state(search_, state, ckpt_dir / f"cycle_{best + 1}", key, base)
   test_acc = accuracy(setup, tuned, data.x_test, data.y_test)
   phases["final_eval"] = time.perf_counter() - t

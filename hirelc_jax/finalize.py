@@ -8,6 +8,7 @@ import time
 import jax
 import numpy as np
 
+from hirelc_jax import policy
 from hirelc_jax.compression import accounting, codes, export
 from hirelc_jax.compression.formats import format_name
 
@@ -58,8 +59,10 @@ def finalize(setup, state, best: int, tuned: dict, base: dict, test_acc: float, 
       "device": jax.default_backend(), "schedule": schedule,
       "baseline_accuracy": base["test"], "final_accuracy": test_acc,
       "baseline_val_accuracy": base["val"], "final_val_accuracy": chosen.val_accuracy,
+      "final_val_se": chosen.val_se, "margin_se": config.search.margin_se,
       "accuracy_drop": drop, "target_accuracy_drop": config.goal.target_accuracy_drop,
-      "met_target": bool(base["val"] - chosen.val_accuracy <= config.goal.target_accuracy_drop),
+      "met_target": bool(policy.within(chosen.val_drop, config.search.margin_se * chosen.val_se,
+                                       config.goal.target_accuracy_drop)),
       "best_cycle": best + 1,
       "compression_ratio": chosen.compression_ratio,
       "paper_compression_ratio": chosen.paper_compression_ratio,

@@ -40,39 +40,51 @@ def recovery_estimate(pre_drops, post_drops) -> float:
   return float(np.clip(value, RECOVERY_FLOOR, 1.0))
 
 
-def cycle_goal(config: Config, ratios, fit_drops) -> Config:
+def cycle_goal(config: Config, ratios, fit_drops, fit_margins=0.0) -> Config:
   """The config with the next cycle's compression goal, from the cycles so far.
 
   `ratios` and `fit_drops` [C]: each cycle's honest compression and its
-  fit-half drop after fine-tuning. While no cycle has met the target the
-  user's goal stands. Once one has, the goal brackets the answer: halfway (in
-  log ratio) between the most compressed cycle that met the target and the
-  least compressed one above it that did not, or `search.escalate` times the
-  former while nothing above it failed. `search.escalate=1` keeps the user's goal.
+  fit-half drop after fine-tuning; a cycle met the target when its drop plus
+  its margin (`fit_margins`, [C] or a scalar: `search.margin_se` standard
+  errors) is within it, the rule `select_best` applies on the held-out half.
+  While no cycle has met the target the user's goal stands. Once one has, the
+  goal brackets the answer: halfway (in log ratio) between the most compressed
+  cycle that met the target and the least compressed one above it that did
+  not, or `search.escalate` times the former while nothing above it failed.
+  `search.escalate=1` keeps the user's goal.
   """
   goal, escalate = config.goal, config.search.escalate
   if escalate == 1.0:
     return config
-  ratios, drops = np.asarray(ratios, np.float64), np.asarray(fit_drops, np.float64)
-  met = ratios[drops <= goal.target_accuracy_drop]
+  ratios = np.asarray(ratios, np.float64)
+  ok = within(fit_drops, fit_margins, goal.target_accuracy_drop)
+  met = ratios[ok]
   if not len(met):
     return config
   lo = float(met.max())
-  above = ratios[(drops > goal.target_accuracy_drop) & (ratios > lo)]
+  above = ratios[~ok & (ratios > lo)]
   target = math.sqrt(lo * float(above.min())) if len(above) else escalate * lo
   target = max(goal.target_compression, target)
   return dataclasses.replace(config, goal=dataclasses.replace(goal, target_compression=target))
 
 
-def select_best(ratios, val_drops, target_drop: float) -> int:
-  """The chosen cycle: the most compressed one whose held-out drop is within the target
-  (ties: the lower drop), else the most accurate one (ties: the more compressed).
+def within(drops, margins, target_drop: float) -> np.ndarray:
+  """bool [C]: drop + margin <= target (margins [C] or a scalar)."""
+  drops = np.asarray(drops, np.float64)
+  return drops + np.broadcast_to(np.asarray(margins, np.float64), drops.shape) <= target_drop
+
+
+def select_best(ratios, val_drops, target_drop: float, margins=0.0) -> int:
+  """The chosen cycle: the most compressed one whose held-out drop plus margin is within the
+  target (ties: the lower drop), else the most accurate one (ties: the more compressed).
 
   Args:
     ratios, val_drops: float [C].
+    margins: float [C] or a scalar: `search.margin_se` times each drop's standard error, so a
+      drop the held-out half cannot tell from one above the target does not count as within it.
   """
   ratios, drops = np.asarray(ratios, np.float64), np.asarray(val_drops, np.float64)
-  ok = np.flatnonzero(drops <= target_drop)
+  ok = np.flatnonzero(within(drops, margins, target_drop))
   if len(ok):
     return int(ok[np.lexsort((drops[ok], -ratios[ok]))[0]])
   return int(np.lexsort((-ratios, drops))[0])

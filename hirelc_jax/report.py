@@ -153,6 +153,12 @@ def val_drop(report: Mapping) -> Optional[float]:
   return None if b is None or f is None else b - f
 
 
+def _se(report: Mapping) -> str:
+  """' ± SE (met with a margin of M SE)' for the held-out drop, '' when not recorded."""
+  se, margin = num(report.get("final_val_se")), num(report.get("margin_se"))
+  return "" if se is None else f" ± {se:.2f}" + (f" (met means drop + {margin:g} SE)" if margin else "")
+
+
 def _verdict(report: Mapping) -> str:
   met = met_target(report)
   return NA if met is None else ("✓ met" if met else "✗ missed")
@@ -188,7 +194,7 @@ def _headline(r: Mapping) -> list[str]:
        f"{fmt(r.get('baseline_val_accuracy'), '.2f', ' %')} → "
        f"{fmt(r.get('final_val_accuracy'), '.2f', ' %')}"),
       ("Accuracy drop (test; validation) vs target",
-       f"{fmt(r.get('accuracy_drop'), '.2f', ' pt')}; {fmt(val_drop(r), '.2f', ' pt')} vs ≤ "
+       f"{fmt(r.get('accuracy_drop'), '.2f', ' pt')}; {fmt(val_drop(r), '.2f', ' pt')}{_se(r)} vs ≤ "
        f"{fmt(r.get('target_accuracy_drop'), '.2f', ' pt')}: **{_verdict(r)}**"),
       ("Best cycle", _text(r.get("best_cycle"))),
       ("Compression ratio (whole model: fp32 bits / stored bits, incl. scales, masks, "

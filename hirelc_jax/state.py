@@ -42,8 +42,10 @@ class Cycle:
     compression_ratio, paper_compression_ratio, storage_bits: its size.
     pre_finetune_accuracy: points, on the fit half's first eval_samples.
     fit_drop: points lost after the fine-tune on the fit half (its early-stopping score); steers.
+    fit_se: its standard error (`evaluation.paired_drop`).
     val_accuracy: points after the fine-tune on the held-out half; only chooses the cycle.
     val_drop: the baseline's held-out accuracy less `val_accuracy`.
+    val_se: its standard error.
     recovery: `policy.recovery_estimate` after this cycle.
     details: report-only numbers (JSON-ready).
   """
@@ -55,8 +57,10 @@ class Cycle:
   storage_bits: float
   pre_finetune_accuracy: float
   fit_drop: float
+  fit_se: float
   val_accuracy: float
   val_drop: float
+  val_se: float
   recovery: float
   details: Mapping[str, Any]
 

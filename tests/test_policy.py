@@ -40,6 +40,19 @@ def test_select_best_takes_the_most_compressed_within_target_else_the_most_accur
   assert policy.select_best([5.0, 9.0], [0.7, 0.7], 0.1) == 1   # ties: the more compressed
 
 
+def test_a_margin_moves_a_drop_near_the_target_out_of_it_in_both_rules():
+  ratios, drops, se = [10.0, 14.0, 20.0], [0.2, 0.6, 0.9], [0.1, 0.2, 0.3]
+  assert policy.select_best(ratios, drops, 1.0) == 2
+  assert policy.select_best(ratios, drops, 1.0, np.asarray(se)) == 1     # 0.9 + 0.3 > 1.0
+  assert policy.select_best(ratios, drops, 1.0, 0.5) == 0                 # a scalar margin
+  config = C.override(C.Config(), {"goal.target_compression": "5", "goal.target_accuracy_drop": "1"})
+  goal = lambda m: policy.cycle_goal(config, ratios, drops, m).goal.target_compression
+  assert goal(0.0) == pytest.approx(20.0 * 1.25)                          # all met: escalate above 20x
+  assert goal(np.asarray(se)) == pytest.approx(np.sqrt(14.0 * 20.0))      # 20x missed: bracket it
+  with pytest.raises(ValueError, match="search.margin_se=-1"):
+    C.override(C.Config(), {"search.margin_se": "-1"}).validate()
+
+
 def test_resolution_note_names_the_example_count_when_one_example_outweighs_the_target():
   assert policy.resolution_note(1.0, 3000) is None
   note = policy.resolution_note(1.0, 72)

@@ -11,7 +11,7 @@ from hirelc_jax.state import PLAN_FIELDS, Cycle, Evaluation, SearchState
 def test_cycles_and_evaluations_round_trip_through_json_with_their_dtypes():
   plan = uniform_plan(2, 3, bits=3, fmt="int", gran="per_channel")
   plan = plan.replace(keep=np.full((2, 3), 0.4857143, np.float32))
-  cycle = Cycle(1, 10.0, plan, 12.0, 14.0, 1e5, 88.0, 0.5, 89.0, 0.5, 0.3, {"times": {"eval_s": 1.0}})
+  cycle = Cycle(1, 10.0, plan, 12.0, 14.0, 1e5, 88.0, 0.5, 0.2, 89.0, 0.5, 0.25, 0.3, {"times": {"eval_s": 1.0}})
   state = SearchState(None, None, None, plan, (cycle,), (Evaluation("warmup", "", 5.0, 80.0, "pre_finetune", 0.1),),
                       0.3)
   back = SearchState.from_meta(json.loads(json.dumps(state.meta())), None, None, None, plan)
