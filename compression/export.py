@@ -57,6 +57,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import zipfile
 import zlib
 from typing import Mapping, Sequence
 
@@ -345,8 +346,34 @@ def load_variables(path: str | os.PathLike) -> tuple[dict, CompressionPlan]:
     of numpy arrays, ready for ``module.apply`` (kept kernel columns equal the
     exported ones bit for bit, pruned neurons are zeros, every other leaf is
     byte for byte the exported one), and the CompressionPlan.
+
+  Raises:
+    ValueError: one line naming the file, for a missing, empty, truncated, garbled or
+      foreign file.
   """
-  with np.load(path, allow_pickle=False) as data:
+  try:
+    return _read(path)
+  except ValueError as err:
+    if str(err).startswith(str(path)):
+      raise
+    raise ValueError(f"{path}: {err}") from None
+  except (OSError, EOFError, KeyError, IndexError, TypeError, zipfile.BadZipFile, zlib.error,
+          UnicodeDecodeError) as err:
+    what = "missing" if isinstance(err, FileNotFoundError) else \
+        "empty" if os.path.exists(path) and os.path.getsize(path) == 0 else "truncated or not an export file"
+    raise ValueError(f"{path} is {what} ({type(err).__name__}: {str(err)[:120]}); "
+                     "export the model again (hirelc_jax.compression.export.export_model)") from None
+
+
+def _read(path) -> tuple[dict, CompressionPlan]:
+  try:
+    data = np.load(path, allow_pickle=False)
+  except ValueError:   # numpy's guess: a pickle, refused
+    raise ValueError(f"{path} is not an export file (not a .npz archive); pass the model_export.npz "
+                     "a run wrote") from None
+  if not isinstance(data, np.lib.npyio.NpzFile):
+    raise ValueError(f"{path} is a single .npy array, not an export file; pass the model_export.npz a run wrote")
+  with data:
     header = _header(data, path)
     payload = data[PAYLOAD_KEY]
   if payload.size != header["payload_bytes"]:

@@ -52,8 +52,18 @@ def dataset_from_arrays(x_train, y_train, x_test, y_test, *, num_classes: Option
   if len(x_train) != len(y_train) or len(x_test) != len(y_test):
     raise ValueError(f"images and labels differ in length: train {len(x_train)} vs {len(y_train)}, "
                      f"test {len(x_test)} vs {len(y_test)}")
-  tr, va = split_indices(len(x_train), val_fraction, seed)
+  if x_train.shape[1:] != x_test.shape[1:]:
+    raise ValueError(f"test images have shape {x_test.shape[1:]}, training images {x_train.shape[1:]}; "
+                     "give both splits the same image shape")
+  for split, x in (("x_train", x_train), ("x_test", x_test)):
+    if not np.all(np.isfinite(x)):
+      raise ValueError(f"{split} holds {int(np.sum(~np.isfinite(x)))} NaN or Inf values; clean the images")
   classes = int(num_classes or max(y_train.max(), y_test.max()) + 1)
+  for split, y in (("y_train", y_train), ("y_test", y_test)):
+    if y.ndim != 1 or y.min() < 0 or y.max() >= classes:
+      raise ValueError(f"{split} must hold integer class labels in [0, {classes}) (num_classes={classes}); "
+                       f"found {y.min()}..{y.max()} in shape {y.shape}")
+  tr, va = split_indices(len(x_train), val_fraction, seed)
   channels = x_train.shape[-1]
   return Dataset(x_train[tr], y_train[tr], x_train[va], y_train[va], x_test, y_test, classes,
                  tuple(x_train.shape[1:]), name, np.zeros(channels, np.float32),
@@ -82,13 +92,12 @@ def compress(apply_fn: Callable, variables: Mapping, data: Dataset, *,
   """
   from hirelc_jax.compression.kernel_map import build_kernel_map
   config = (config or Config()).validate()
-  out = pathlib.Path(output_dir)
-  if out.exists() and any(out.iterdir()) and not resume:
-    raise ValueError(f"output directory {out} already holds a run; pass resume=True or another output_dir")
+  from hirelc_jax.evaluation import check_finite
+  check_finite(variables, "variables")
   spec = UserSpec(name, FunctionModel(apply_fn, name), tuple(kernel_names), tuple(kernel_rules))
   variables = dict(variables)
   kmap = build_kernel_map(variables["params"], kernel_rules, kernel_names)
   setup = experiment.Setup(config, data, spec, variables, kmap, None,
                            qat.make_evaluate_plans(spec.module, kmap),
                            loop.make_evaluate(spec.module, lambda t, _: t))
-  return experiment.run(config, out, resume=resume, quiet=quiet, setup=setup)
+  return experiment.run(config, pathlib.Path(output_dir), resume=resume, quiet=quiet, setup=setup)

@@ -14,6 +14,7 @@ import typing
 from importlib import resources
 from typing import Any, Mapping, Optional
 
+from hirelc_jax import config_rules
 from hirelc_jax.compression import codes
 
 
@@ -110,16 +111,12 @@ class Config:
   output_dir: str = "runs"
 
   def validate(self) -> "Config":
-    """Raises ValueError with one line naming the bad value and what to do."""
+    """Raises ValueError with one line naming the bad value and what to do: first every key's
+    type and range (`config_rules`), then the choices among names and the rules joining keys."""
+    config_rules.check(self)
     g = self.goal
-    if not 0.0 <= g.target_accuracy_drop <= 100.0:
-      raise ValueError(f"goal.target_accuracy_drop={g.target_accuracy_drop} must be in [0, 100] points")
-    if not g.target_compression >= 1.0:
-      raise ValueError(f"goal.target_compression={g.target_compression} must be >= 1 (a ratio like 10)")
-    if not codes.MIN_BITS <= g.min_bits <= g.max_bits <= codes.MAX_BITS:
-      raise ValueError(f"goal bits {g.min_bits}..{g.max_bits} must satisfy 2 <= min <= max <= 8")
-    if not 0.0 <= g.max_prune <= 1.0 - codes.MIN_KEEP:
-      raise ValueError(f"goal.max_prune={g.max_prune} must be in [0, 0.8]")
+    if g.min_bits > g.max_bits:
+      raise ValueError(f"goal.min_bits={g.min_bits} is above goal.max_bits={g.max_bits}; lower it or raise max_bits")
     if g.quantization_type not in ("mixed", "int", "float"):
       raise ValueError(f"goal.quantization_type={g.quantization_type!r}; use mixed, int or float")
     if g.strategy is not None and g.strategy not in codes.GRANULARITIES[:4]:
@@ -130,18 +127,6 @@ class Config:
       if len(agent.betas) != len(agent.algorithms):
         raise ValueError(f"{name}.betas has {len(agent.betas)} entries for "
                          f"{len(agent.algorithms)} members; give one per member")
-    if self.search.cycles < 1:
-      raise ValueError(f"search.cycles={self.search.cycles} must be at least 1")
-    if self.search.screen < 1:
-      raise ValueError(f"search.screen={self.search.screen} must be at least 1 (1: fine-tune the vote)")
-    if not self.search.escalate >= 1.0:
-      raise ValueError(f"search.escalate={self.search.escalate} must be >= 1 (1: a fixed compression goal)")
-    if not 0.0 <= self.search.margin_se <= 10.0:
-      raise ValueError(f"search.margin_se={self.search.margin_se} must be in [0, 10] standard errors "
-                       f"(0: the point estimate alone)")
-    if not 0.0 < self.data.val_fraction < 1.0:
-      raise ValueError(f"data.val_fraction={self.data.val_fraction} must be in (0, 1): the search "
-                       f"early-stops and chooses its cycle on the validation split")
     if self.search.proposer not in PROPOSERS:
       raise ValueError(f"search.proposer={self.search.proposer!r}; use one of {', '.join(PROPOSERS)}")
     if self.search.proposer != "agents" and self.search.signal != "error_table":
@@ -167,13 +152,14 @@ def _build(cls, values: Mapping[str, Any], where: str):
     if key not in fields:
       raise ValueError(f"unknown config key {where}{key!r}; known keys: {', '.join(fields)}")
     hint = hints[key]
-    if dataclasses.is_dataclass(hint):
+    if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
       kwargs[key] = _build(hint, value, f"{where}{key}.")
-    elif typing.get_origin(hint) is tuple:
+    elif typing.get_origin(hint) is tuple and isinstance(value, list):
       kwargs[key] = tuple(value)
     else:
       kwargs[key] = value
-  return cls(**kwargs)
+  return cls(**kwargs)   # a wrong type (a number for a section, a word for a number) stays for
+                         # `Config.validate` to name
 
 
 def from_dict(values: Mapping[str, Any], base: Optional[Config] = None) -> Config:

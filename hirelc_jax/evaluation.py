@@ -48,8 +48,19 @@ def _loss_fn(module, model_state):
   return loss
 
 
-def prepare(config: Config, *, quiet: bool = False, log=print) -> Setup:
-  """Loads data, builds the model and trains (or loads) the baseline."""
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+  """What a run reads before it writes anything: the data, the model, its initial (or the
+  user's checkpointed) variables and the augmentation."""
+  data: Any
+  spec: Any
+  variables: dict
+  augment: Any
+
+
+def load_inputs(config: Config) -> Inputs:
+  """Loads the data and builds the model (with a user's checkpoint, checked finite): every
+  input a run can fail on, so a bad one fails before the output folder is touched."""
   data = load_dataset(config.data.name, data_dir=config.data.data_dir,
                       val_fraction=config.data.val_fraction, seed=config.seed,
                       limit=config.data.limit)
@@ -63,7 +74,15 @@ def prepare(config: Config, *, quiet: bool = False, log=print) -> Setup:
       if config.data.augment and aug_cfg else None
   if config.model.checkpoint:
     variables = load_user_checkpoint(config.model.checkpoint, spec, variables)
-  else:
+    check_finite(variables, config.model.checkpoint)
+  return Inputs(data, spec, variables, aug)
+
+
+def prepare(config: Config, inputs: Inputs | None = None, *, quiet: bool = False, log=print) -> Setup:
+  """The Setup: `inputs` (loaded here if None) with the baseline trained or loaded from cache."""
+  inputs = inputs or load_inputs(config)
+  data, spec, variables, aug = inputs.data, inputs.spec, inputs.variables, inputs.augment
+  if not config.model.checkpoint:
     schedule = baseline.default_schedule(config.model.name)
     t = config.training
     schedule = dataclasses.replace(
@@ -78,6 +97,17 @@ def prepare(config: Config, *, quiet: bool = False, log=print) -> Setup:
   return Setup(config, data, spec, variables, kmap, aug,
                qat.make_evaluate_plans(spec.module, kmap),
                loop.make_evaluate(spec.module, lambda t, _: t))
+
+
+def check_finite(variables, where: str) -> None:
+  """Raises ValueError naming the first leaf of `variables` that holds NaN or Inf."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
+    arr = np.asarray(leaf)
+    if np.issubdtype(arr.dtype, np.inexact) and not np.all(np.isfinite(arr)):
+      name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+      bad = int(np.sum(~np.isfinite(arr)))
+      raise ValueError(f"{where}: parameter {name} holds {bad} NaN or Inf value{'s' if bad > 1 else ''} "
+                       f"of {arr.size}; pass a trained model with finite weights")
 
 
 def load_user_checkpoint(path: str, spec, like: dict) -> dict:

@@ -8,6 +8,7 @@ ends with the same plan and accuracies as an uninterrupted one.
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 import time
 
@@ -15,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hirelc_jax import knapsack, policy, proposals, run_state, screening, search
+from hirelc_jax import knapsack, policy, proposals, run_dir, run_state, screening, search
 from hirelc_jax.state import PLAN_FIELDS, Cycle, Evaluation, SearchState
 from hirelc_jax.agents import budget_env, error_table, kernel_env, proxies
 from hirelc_jax.agents.sensitivity import estimate_sensitivity
@@ -24,25 +25,41 @@ from hirelc_jax.compression import accounting
 from hirelc_jax.compression.plan import CompressionPlan
 from hirelc_jax.config import Config
 from hirelc_jax.evaluation import (Setup, _loss_fn, accuracy, finetune, halves_correct, halves_drops,
-                                   hold_out_selection, make_error_table, plan_accuracies, plan_metrics,
-                                   prepare, uniform_plans)
+                                   hold_out_selection, load_inputs, make_error_table, plan_accuracies,
+                                   plan_metrics, prepare, uniform_plans)
 from hirelc_jax.training import baseline
 
 DEFAULT_POINTS_PER_ERROR = 1.0  # error-table calibration until 3 plans with moderate drops exist
 
 
 class EventLog:
-  """metrics.jsonl: one JSON object per line, appended and flushed."""
+  """metrics.jsonl: one strict JSON object per line (NaN and Inf written as null), appended and
+  flushed; every event of a resumed session carries `"resumed": true`."""
 
-  def __init__(self, path: pathlib.Path, echo=None):
-    self.path, self.echo = path, echo
+  def __init__(self, path: pathlib.Path, echo=None, resumed: bool = False):
+    self.path, self.echo, self.resumed = path, echo, resumed
 
   def __call__(self, event: str, **fields):
-    record = {"event": event, "time": round(time.time(), 3), **fields}
+    record = {"event": event, "time": round(time.time(), 3), **({"resumed": True} if self.resumed else {}),
+              **fields}
     with self.path.open("a") as f:
-      f.write(json.dumps(record, default=float) + "\n")
+      f.write(json.dumps(json_ready(record), allow_nan=False) + "\n")
     if self.echo is not None and "message" in fields:
       self.echo(fields["message"])
+
+
+def json_ready(x):
+  """`x` with numpy/JAX values as Python numbers and lists, non-finite floats as None."""
+  if isinstance(x, dict):
+    return {k: json_ready(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [json_ready(v) for v in x]
+  if hasattr(x, "__array__") and not isinstance(x, (str, bytes)):
+    x = np.asarray(x).tolist()
+    return json_ready(x) if isinstance(x, list) else json_ready(x)
+  if isinstance(x, float) and not math.isfinite(x):
+    return None
+  return x
 
 
 class Search:
@@ -255,23 +272,32 @@ def run(config: Config, out_dir: pathlib.Path, *, resume: bool = False, quiet: b
   """Runs the whole search and writes every output into `out_dir`; returns report.json's dict.
 
   `setup` (a user's model and data, see `hirelc_jax.api`) replaces the
-  registry model, dataset and baseline training of `prepare`.
+  registry model, dataset and baseline training of `prepare`. Everything that
+  can fail on bad input is checked before `out_dir` is touched (the config,
+  then the data and model); `run_dir.claim` then holds the folder for this run.
   """
   config.validate()
+  inputs = load_inputs(config) if setup is None else None
+  with run_dir.claim(out_dir, config, resume) as note:
+    return _run(config, pathlib.Path(out_dir), inputs, setup, resume, quiet, echo, schedule, note)
+
+
+def _run(config: Config, out_dir: pathlib.Path, inputs, setup, resume: bool, quiet: bool, echo,
+         schedule: str, note) -> dict:
   enable_compilation_cache()
   start = time.perf_counter()
   phases: dict[str, float] = {}
-  out_dir = pathlib.Path(out_dir)
   ckpt_dir = out_dir / "checkpoints"
   ckpt_dir.mkdir(parents=True, exist_ok=True)
   from hirelc_jax import config as config_io
   config_io.save(config, out_dir / "config.json")
-  log = EventLog(out_dir / "metrics.jsonl", echo=None if quiet else echo)
+  log = EventLog(out_dir / "metrics.jsonl", echo=None if quiet else echo, resumed=resume)
+  log("start", resume=resume, **({"message": f"note: {note}"} if note else {}))
   key = jax.random.key(config.seed)
 
   t = time.perf_counter()
   if setup is None:
-    setup = prepare(config, quiet=quiet, log=lambda m: log("baseline", message=m))
+    setup = prepare(config, inputs, quiet=quiet, log=lambda m: log("baseline", message=m))
   setup, selection = hold_out_selection(setup)
   data = setup.data
   n_eval = config.search.eval_samples
@@ -309,10 +335,12 @@ def run(config: Config, out_dir: pathlib.Path, *, resume: bool = False, quiet: b
                       (), evaluated, policy.RECOVERY_PRIOR)
 
   t = time.perf_counter()
-  done = run_state.latest_cycle(ckpt_dir) if resume else 0
-  if done:
-    state, _, _ = run_state.resume_state(search_, state, ckpt_dir / f"cycle_{done}", key, base)
-    log("resume", cycle=done, message=f"resumed after cycle {done}")
+  done = 0
+  if resume:
+    state, done = run_state.resume_latest(search_, state, ckpt_dir, key, base,
+                                          warn=lambda m: log("warning", message=f"warning: {m}"))
+    if done:
+      log("resume", cycle=done, message=f"resumed after cycle {done}")
   for cycle in range(done, config.search.cycles):
     state, tuned = run_cycle(search_, state, cycle, base, jax.random.fold_in(key, 100 + cycle), log, quiet)
     run_state.save_state(ckpt_dir / f"cycle_{cycle + 1}", state, tuned, cycle + 1)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import signal
 import sys
+import threading
 
 from hirelc_jax.data import DATASET_NAMES
 from hirelc_jax.models import MODEL_NAMES
@@ -81,36 +83,26 @@ def resolve_config(args):
   return cfg.validate()
 
 
-def output_path(cfg, resume: bool) -> pathlib.Path:
-  """runs/<model>-<dataset>-s<seed>; refuses to overwrite a finished or foreign run."""
-  path = pathlib.Path(cfg.output_dir) / f"{cfg.model.name}-{cfg.data.name}-s{cfg.seed}"
-  if path.exists() and not resume and any(path.iterdir()):
-    raise ValueError(f"output directory {path} already holds a run; pass --resume to continue it "
-                     "or --output-dir to write elsewhere")
-  if resume and not (path / "config.json").exists():
-    raise ValueError(f"--resume: no run to continue in {path}")
-  try:
-    path.mkdir(parents=True, exist_ok=True)
-    probe = path / ".write_test"
-    probe.write_text("")
-    probe.unlink()
-  except OSError as err:
-    raise ValueError(f"output directory {path} is not writable ({err.strerror}); "
-                     "choose another with --output-dir") from None
-  return path
+def output_path(cfg) -> pathlib.Path:
+  """runs/<model>-<dataset>-s<seed> under `output_dir` (`run_dir.claim` decides what may go in it)."""
+  return pathlib.Path(cfg.output_dir) / f"{cfg.model.name}-{cfg.data.name}-s{cfg.seed}"
+
+
+class Terminated(Exception):
+  """SIGTERM, raised in the main thread like SIGINT's KeyboardInterrupt."""
+
+
+def _terminate(signum, frame):
+  raise Terminated
 
 
 def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
+  main_thread = threading.current_thread() is threading.main_thread()   # signals need the main thread
+  previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
   try:
     cfg = resolve_config(args)
-    out = output_path(cfg, args.resume)
-    if args.resume:
-      from hirelc_jax import config as C
-      saved = C.load(out / "config.json")
-      if saved != cfg:
-        raise ValueError(f"--resume: the arguments differ from the run's saved config in {out}; "
-                         "repeat the original command with --resume")
+    out = output_path(cfg)
     import jax
     from hirelc_jax import experiment
     if jax.default_backend() == "cpu" and not args.quiet:
@@ -118,15 +110,18 @@ def main(argv=None) -> int:
     experiment.run(cfg, out, resume=args.resume, quiet=args.quiet, schedule=args.schedule)
     print(f"outputs in {out}")
     return 0
-  except KeyboardInterrupt:
-    print("\ninterrupted: every completed cycle is saved; rerun the same command with --resume",
-          file=sys.stderr)
-    return 130
+  except (KeyboardInterrupt, Terminated) as err:
+    what = "interrupted" if isinstance(err, KeyboardInterrupt) else "terminated (SIGTERM)"
+    print(f"\n{what}: every completed cycle is saved; rerun the same command with --resume", file=sys.stderr)
+    return 130 if isinstance(err, KeyboardInterrupt) else 143
   except (ValueError, FloatingPointError, FileNotFoundError) as err:
     if args.debug:
       raise
     print(f"error: {err}", file=sys.stderr)
     return 2
+  finally:
+    if main_thread:
+      signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

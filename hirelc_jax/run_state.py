@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -45,14 +46,41 @@ def save_state(path: pathlib.Path, state: SearchState, tuned: dict, cycle: int) 
 def load_state(path: pathlib.Path, like: dict) -> tuple[SearchState, dict, int]:
   tree = _restored(checkpoint.load_tree(path, _saveable(like)), like)
   meta = checkpoint.load_meta(path)
-  state = SearchState.from_meta(meta, tree["hla"], tree["lla"], tree["surrogate"], tree["plan"])
-  return state, tree["tuned"], meta["cycle"]
+  try:
+    state = SearchState.from_meta(meta, tree["hla"], tree["lla"], tree["surrogate"], tree["plan"])
+    return state, tree["tuned"], meta["cycle"]
+  except (KeyError, TypeError) as err:
+    raise ValueError(f"checkpoint {pathlib.Path(path).absolute()} is unreadable (its meta.json lacks "
+                     f"{err})") from None
 
 
 def latest_cycle(ckpt_dir: pathlib.Path) -> int:
-  """Number of completed cycles with a checkpoint (0 if none)."""
-  done = [int(p.name.split("_")[1]) for p in ckpt_dir.glob("cycle_*") if (p / "meta.json").exists()]
+  """Number of completed cycles with a checkpoint (0 if none; `cycle_N.tmp` is one half-written)."""
+  done = [int(m.group(1)) for p in ckpt_dir.glob("cycle_*")
+          if (m := re.fullmatch(r"cycle_(\d+)", p.name)) and (p / "meta.json").exists()]
   return max(done, default=0)
+
+
+def resume_latest(search_, state: SearchState, ckpt_dir: pathlib.Path, key, base: dict, warn):
+  """(the state after the latest readable cycle, its number; 0 and `state` if none).
+
+  A checkpoint that cannot be read is moved aside to `corrupt_cycle_N` (kept, not deleted),
+  `warn` says so in one line, and the cycle before it is tried.
+  """
+  done = latest_cycle(ckpt_dir)
+  while done:
+    path = ckpt_dir / f"cycle_{done}"
+    try:
+      restored, _, _ = resume_state(search_, state, path, key, base)
+      return restored, done
+    except ValueError as err:
+      aside = ckpt_dir / f"corrupt_cycle_{done}"
+      while aside.exists():
+        aside = aside.with_name(aside.name + "_")
+      path.rename(aside)
+      warn(f"{err}; moved it to {aside} and resuming from cycle {latest_cycle(ckpt_dir)}")
+      done = latest_cycle(ckpt_dir)
+  return state, 0
 
 
 def resume_state(search_, state: SearchState, path: pathlib.Path, key, base: dict):

@@ -1,6 +1,8 @@
 """Config tree: JSON round trip, presets from the installed package, overrides, validation."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hirelc_jax import config as C
 
@@ -20,7 +22,7 @@ def test_presets_are_packaged():
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("goal.min_bits", "1", "goal bits 1..8"),
+    ("goal.min_bits", "1", "goal.min_bits=1 must be in [2, 8]"),
     ("goal.max_prune", "0.9", "goal.max_prune=0.9"),
     ("goal.quantization_type", '"fp"', "quantization_type='fp'"),
     ("goal.strategy", '"zigzag"', "goal.strategy='zigzag'"),
@@ -49,3 +51,56 @@ def test_unknown_key_and_bad_file(tmp_path):
     C.load(bad)
   with pytest.raises(ValueError, match="does not exist"):
     C.load(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("training.batch_size", '"abc"', "training.batch_size='abc' must be an integer"),
+    ("training.batch_size", "0", r"training.batch_size=0 must be >= 1"),
+    ("goal", "3", "config key goal is a section"),
+    ("search.surrogate_hidden", "64", "search.surrogate_hidden=64 must be a list of integers"),
+    ("search.surrogate_hidden", "[64, 0]", r"search.surrogate_hidden=\[64, 0\] must be >= 1"),
+    ("goal.min_bits", "3.5", "goal.min_bits=3.5 must be an integer"),
+    ("goal.target_compression", "Infinity", "goal.target_compression=inf must be a finite number"),
+    ("goal.target_accuracy_drop", "NaN", "goal.target_accuracy_drop=nan must be a finite number"),
+    ("search.cycles", "true", "search.cycles=True must be an integer"),
+    ("seed", "-1", r"seed=-1 must be in \[0, 2.1"),
+    ("training.finetune_lr", "0", r"training.finetune_lr=0 must be in \(0, 1\]"),
+    ("hla.discount", "1.5", r"hla.discount=1.5 must be in \[0, 1\]"),
+    ("data.augment", '"yes"', "data.augment='yes' must be true or false"),
+])
+def test_every_key_has_a_type_and_a_range(key, value, message):
+  with pytest.raises(ValueError, match=message) as err:
+    C.override(C.Config(), {key: value}).validate()
+  assert "\n" not in str(err.value)
+
+
+def test_rules_joining_two_keys_name_both():
+  with pytest.raises(ValueError, match="goal.min_bits=6 is above goal.max_bits=4"):
+    C.override(C.Config(), {"goal.min_bits": "6", "goal.max_bits": "4"}).validate()
+
+
+def _dotted_keys(node=C.Config(), where=""):
+  import dataclasses
+  for f in dataclasses.fields(node):
+    yield where + f.name
+    value = getattr(node, f.name)
+    if dataclasses.is_dataclass(value):
+      yield from _dotted_keys(value, where + f.name + ".")
+
+
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=2),
+    max_leaves=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=st.sampled_from(sorted(_dotted_keys())), value=JSONISH)
+def test_any_value_for_any_key_gives_a_valid_config_or_one_line_naming_the_key(key, value):
+  import json
+  try:
+    C.override(C.Config(), {key: json.dumps(value)}).validate()
+  except ValueError as err:
+    message = str(err)
+    assert "\n" not in message and key.split(".")[0] in message, message

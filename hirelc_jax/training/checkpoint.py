@@ -56,5 +56,11 @@ def load_tree(path: str | pathlib.Path, like: Any | None = None) -> Any:
 
 def load_meta(path: str | pathlib.Path) -> dict:
   """The metadata JSON written beside a tree by `save_tree` ({} if absent)."""
-  meta = pathlib.Path(path) / "meta.json"
-  return json.loads(meta.read_text()) if meta.exists() else {}
+  meta = pathlib.Path(path).absolute() / "meta.json"
+  if not meta.exists():
+    return {}
+  try:
+    return json.loads(meta.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    raise ValueError(f"checkpoint {meta.parent} is unreadable (its meta.json is not JSON: "
+                     f"{getattr(err, 'msg', err)})") from None

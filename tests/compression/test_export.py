@@ -192,6 +192,36 @@ def test_a_file_that_is_not_an_export_is_refused(tmp_path):
     export.load_export(path)
 
 
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbled_header", "random_bytes", "npy",
+                                    "missing", "payload_short"])
+def test_a_damaged_export_is_one_line_naming_the_file(setup, tmp_path, damage):
+  params, kmap = setup
+  plan = combo_plan(0)
+  compressed = apply.apply_plan(params, plan, kmap)
+  _, path = round_trip(tmp_path, compressed, plan, kmap)
+  raw = path.read_bytes()
+  if damage == "empty":
+    path.write_bytes(b"")
+  elif damage == "truncated":
+    path.write_bytes(raw[: len(raw) // 2])
+  elif damage == "garbled_header":   # the zip's first member bytes overwritten
+    path.write_bytes(raw[:60] + bytes(200) + raw[260:])
+  elif damage == "random_bytes":
+    path.write_bytes(np.random.default_rng(0).bytes(len(raw)))
+  elif damage == "npy":
+    path = tmp_path / "a.npy"
+    np.save(path, np.zeros(3))
+  elif damage == "missing":
+    path = tmp_path / "nope.npz"
+  else:
+    with np.load(tmp_path / "model.npz") as data:
+      np.savez(path, header=data["header"], payload=data["payload"][:-5])
+  with pytest.raises(ValueError) as err:
+    export.load_export(path)
+  message = str(err.value)
+  assert str(path) in message and "\n" not in message, message
+
+
 @pytest.mark.parametrize("fmt, gran", [("int", "uniform"), ("int", "per_channel"), ("int", "learned"),
                                        ("int", "asymmetric"), ("float", "per_channel"),
                                        ("float_exp", "log")])

@@ -140,6 +140,29 @@ def test_interrupted_run_resumes_to_the_same_result(first_run, cache, tmp_path):
   assert resumed["final_accuracy"] == report["final_accuracy"]
 
 
+def test_a_corrupt_checkpoint_is_moved_aside_and_the_run_resumes_from_the_cycle_before(first_run, tmp_path,
+                                                                                       capsys):
+  """cycle_2's meta.json emptied: --resume names it, keeps it as corrupt_cycle_2, reruns cycle 2
+  from cycle 1 and ends like the uninterrupted run; the resumed session's events are marked."""
+  import shutil
+  run_dir, report = first_run
+  copy = tmp_path / run_dir.name
+  shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns(".lock"))
+  for name in ("report.json", "report.md", "model_export.npz"):
+    (copy / name).unlink()
+  (copy / "checkpoints" / "cycle_2" / "meta.json").write_text("")
+  before = len((copy / "metrics.jsonl").read_text().splitlines())
+  assert cli.main(SMOKE + ["--output-dir", str(tmp_path), "--resume"]) == 0
+  resumed = json.loads((copy / "report.json").read_text())
+  assert resumed["plan"] == report["plan"] and resumed["final_accuracy"] == report["final_accuracy"]
+  assert (copy / "checkpoints" / "corrupt_cycle_2" / "meta.json").exists()
+  events = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()[before:]]
+  warning = next(e for e in events if e["event"] == "warning" and "corrupt" in e["message"])
+  assert "cycle_2" in warning["message"] and "resuming from cycle 1" in warning["message"]
+  assert all(e.get("resumed") for e in events)
+  assert [e["cycle"] for e in events if e["event"] == "resume"] == [1]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--set", "goal.min_bits"], "--set 'goal.min_bits' is malformed"),
     (["--set", "goal.nope=1"], "unknown config key goal.'nope'"),
