@@ -131,6 +131,16 @@ def test_checkpoint_round_trip_and_corrupt_file(tmp_path, trained):
   (broken / "tree" / "garbage").write_text("not a checkpoint")
   with pytest.raises(ValueError, match="unreadable"):
     checkpoint.load_tree(broken, variables)
+  # Every file of a real checkpoint emptied, and an empty meta.json: one line naming the folder.
+  for f in (tmp_path / "ck" / "tree").rglob("*"):
+    if f.is_file():
+      f.write_bytes(b"")
+  with pytest.raises(ValueError, match=f"checkpoint {tmp_path / 'ck'} is unreadable") as err:
+    checkpoint.load_tree(tmp_path / "ck", variables)
+  assert "\n" not in str(err.value)
+  (tmp_path / "ck" / "meta.json").write_text("")
+  with pytest.raises(ValueError, match="meta.json is not JSON"):
+    checkpoint.load_meta(tmp_path / "ck")
 
 
 def test_bad_schedule_is_rejected():
