@@ -154,9 +154,9 @@ def val_drop(report: Mapping) -> Optional[float]:
 
 
 def _se(report: Mapping) -> str:
-  """' ± SE (met with a margin of M SE)' for the held-out drop, '' when not recorded."""
+  """' ± SE (drop + M SE must be within)' for the held-out drop, '' when not recorded."""
   se, margin = num(report.get("final_val_se")), num(report.get("margin_se"))
-  return "" if se is None else f" ± {se:.2f}" + (f" (met means drop + {margin:g} SE)" if margin else "")
+  return "" if se is None else f" ± {se:.2f}" + (f" (drop + {margin:g} SE must be within)" if margin else "")
 
 
 def _verdict(report: Mapping) -> str:
