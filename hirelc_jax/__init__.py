@@ -32,3 +32,9 @@ def dataset_from_arrays(*args, **kwargs):
   """See `hirelc_jax.api.dataset_from_arrays`."""
   from hirelc_jax.api import dataset_from_arrays as _from_arrays
   return _from_arrays(*args, **kwargs)
+
+
+def nnx_module(*args, **kwargs):
+  """See `hirelc_jax.api.nnx_module`."""
+  from hirelc_jax.api import nnx_module as _nnx_module
+  return _nnx_module(*args, **kwargs)

@@ -70,7 +70,14 @@ def dataset_from_arrays(x_train, y_train, x_test, y_test, *, num_classes: Option
                  np.ones(channels, np.float32))
 
 
-def compress(apply_fn: Callable, variables: Mapping, data: Dataset, *,
+def nnx_module(module, export_path: str | pathlib.Path):
+  """A new NNX module like `module` with the weights of a run's `model_export.npz`."""
+  from hirelc_jax import nnx_bridge
+  from hirelc_jax.compression.export import load_variables
+  return nnx_bridge.merge(module, load_variables(export_path)[0]["params"])
+
+
+def compress(apply_fn: Callable, variables: Mapping | None, data: Dataset, *,
              kernel_rules: Sequence[tuple[str, str]], kernel_names: Sequence[str],
              config: Optional[Config] = None, output_dir: str | pathlib.Path = "runs/custom",
              name: str = "custom", resume: bool = False, quiet: bool = True) -> dict:
@@ -78,8 +85,11 @@ def compress(apply_fn: Callable, variables: Mapping, data: Dataset, *,
 
   Args:
     apply_fn: `apply_fn(variables, x) -> logits` (a linen `module.apply` works,
-      including models with `batch_stats`).
-    variables: the trained variables, with a 'params' collection.
+      including models with `batch_stats`), or a trained Flax NNX module (then
+      `variables` is None; its `nnx.Param` state is the 'params' collection, with
+      list indices as string keys, see `hirelc_jax.nnx_bridge`; rebuild the
+      compressed module with `nnx_module(module, export_path)`).
+    variables: the trained variables, with a 'params' collection (None for an NNX module).
     data: a `Dataset` (see `dataset_from_arrays`).
     kernel_rules: (regex, kernel_name) pairs over '/'-joined parameter paths,
       each with a named group (?P<block>\\d+).
@@ -92,6 +102,11 @@ def compress(apply_fn: Callable, variables: Mapping, data: Dataset, *,
   """
   from hirelc_jax.compression.kernel_map import build_kernel_map
   config = (config or Config()).validate()
+  from hirelc_jax import nnx_bridge
+  if nnx_bridge.is_nnx(apply_fn):
+    if variables is not None:
+      raise ValueError("an NNX module carries its own weights; pass variables=None")
+    apply_fn, variables = nnx_bridge.split(apply_fn)
   from hirelc_jax.evaluation import check_finite
   check_finite(variables, "variables")
   spec = UserSpec(name, FunctionModel(apply_fn, name), tuple(kernel_names), tuple(kernel_rules))
