@@ -38,6 +38,7 @@ from hirelc_jax.training import checkpoint
 
 SEARCHES = {"hirelc": {}, "search_agents": {"search.proposer": "agents"},
             "search_agents_ilp": {"search.proposer": "both"}, "search_ilp": {"search.proposer": "ilp"},
+            "search_ilp_point_escalation": {"search.proposer": "ilp", "search.escalate_margin_se": "0"},
             "lla_only": {"search.high_level": "false"},
             "hirelc_unscreened": {"search.screen": "1", "search.warmup_samples": "32"},
             "hirelc_fixed_goal": {"search.escalate": "1"}}

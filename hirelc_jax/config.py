@@ -77,7 +77,8 @@ class SearchConfig:
   screen: int = 4                    # LLA candidates evaluated for real per cycle (1: fine-tune the vote)
   escalate: float = 1.25             # later cycles aim this much above a plan that met the target (1: fixed)
   escalate_floors: bool = True       # a raised goal also loosens the HLA's per-block floors, a level per doubling
-  margin_se: float = 1.0             # a drop counts as within the target only this many standard errors below it
+  margin_se: float = 1.0             # the choice: a held-out drop counts as within the target only this many SEs below it
+  escalate_margin_se: float = 1.0    # the escalation: the same for a fit-half drop to count as having met the target
   eval_samples: int = 2000           # validation examples for warm-up and candidate scoring
   signal: str = "error_table"        # LLA accuracy signal: error_table | surrogate | proxy
   high_level: bool = True            # False: no HLA, every block gets the goal's budget

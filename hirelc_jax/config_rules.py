@@ -37,6 +37,7 @@ RANGES = {
     "search.screen": _GE1,
     "search.escalate": (1, 100, False, False),
     "search.margin_se": (0, 10, False, False),
+    "search.escalate_margin_se": (0, 10, False, False),
     "search.eval_samples": _GE1,
     "search.surrogate_epochs": _GE1,
     "search.surrogate_hidden": _GE1,

@@ -118,9 +118,11 @@ class Search:
     return (inner, jnp.float32(state.recovery))
 
   def margins(self, cycles) -> tuple[np.ndarray, np.ndarray]:
-    """`search.margin_se` times the cycles' (fit, held-out) standard errors, [C] each."""
-    z = self.config.search.margin_se
-    return (z * np.array([c.fit_se for c in cycles]), z * np.array([c.val_se for c in cycles]))
+    """The cycles' margins, [C] each: `search.escalate_margin_se` fit-half standard errors (the
+    escalation's) and `search.margin_se` held-out ones (the choice's)."""
+    s = self.config.search
+    return (s.escalate_margin_se * np.array([c.fit_se for c in cycles]),
+            s.margin_se * np.array([c.val_se for c in cycles]))
 
   def errors(self, plans: CompressionPlan) -> np.ndarray:
     """Whole-model Fisher-weighted error E of each plan `[N]` (NaN without a table)."""
