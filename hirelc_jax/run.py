@@ -88,8 +88,9 @@ def output_path(cfg) -> pathlib.Path:
   return pathlib.Path(cfg.output_dir) / f"{cfg.model.name}-{cfg.data.name}-s{cfg.seed}"
 
 
-class Terminated(Exception):
-  """SIGTERM, raised in the main thread like SIGINT's KeyboardInterrupt."""
+class Terminated(BaseException):
+  """SIGTERM, raised in the main thread like SIGINT's KeyboardInterrupt (and, like it, not an
+  Exception, so no `except Exception` on the way swallows it)."""
 
 
 def _terminate(signum, frame):

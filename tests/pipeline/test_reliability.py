@@ -117,7 +117,7 @@ def test_sigterm_exits_with_the_resume_message(tmp_path, smoke_cache):
   while not started.exists() and proc.poll() is None and time.time() < deadline:
     time.sleep(0.1)
   proc.send_signal(signal.SIGTERM)
-  _, err = proc.communicate(timeout=120)
+  _, err = proc.communicate(timeout=300)
   assert proc.returncode == 143 and "terminated (SIGTERM)" in err and "--resume" in err, err
 
 
