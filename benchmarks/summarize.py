@@ -116,7 +116,9 @@ def section_quality(r, model):
   yield (f"`python benchmarks/bench_quality.py --model {model} --targets ...` (rows added as they finish) — "
          f"{machine(r)}. Equal budgets: 43 real pre-fine-tune evaluations and 4 QAT fine-tunes for every "
          "search and candidate baseline (the uniform grid fine-tunes each of its 24 points); every method "
-         "chooses on the held-out half of validation. Drops are test-accuracy points against the shared "
+         "chooses on the held-out half of validation, a drop counting as within the target only one paired "
+         "standard error below it (rows under the earlier point-estimate choice: "
+         f"`results/superseded/quality_{model}_point_choice.md`). Drops are test-accuracy points against the shared "
          f"baseline ({r['baseline']['test']:.2f}% test); mean ± std over seeds. "
          f"Plot: `benchmarks/results/quality_{model}_fronts.png`; methods: `benchmarks/quality_methods.py`.\n")
   yield (RESULTS / f"quality_{model}.md").read_text().split("\n", 2)[2]   # the bench's own tables
