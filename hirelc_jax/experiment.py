@@ -55,8 +55,7 @@ def json_ready(x):
   if isinstance(x, (list, tuple)):
     return [json_ready(v) for v in x]
   if hasattr(x, "__array__") and not isinstance(x, (str, bytes)):
-    x = np.asarray(x).tolist()
-    return json_ready(x) if isinstance(x, list) else json_ready(x)
+    return json_ready(np.asarray(x).tolist())
   if isinstance(x, float) and not math.isfinite(x):
     return None
   return x
