@@ -60,8 +60,7 @@ def claim(out_dir: pathlib.Path, config: Config, resume: bool):
 def completed(out_dir: pathlib.Path) -> int:
   """Completed cycles saved in `out_dir` (a finished report counts as one)."""
   from hirelc_jax import run_state
-  cycles = run_state.latest_cycle(out_dir / "checkpoints") if (out_dir / "checkpoints").is_dir() else 0
-  return max(cycles, int((out_dir / "report.json").exists()))
+  return max(run_state.latest_cycle(out_dir / "checkpoints"), int((out_dir / "report.json").exists()))
 
 
 def check_contents(out_dir: pathlib.Path, config: Config, resume: bool) -> str | None:
