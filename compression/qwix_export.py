@@ -102,15 +102,15 @@ def _qtype(bits: int, fmt: int, gran: int) -> tuple[str | None, str]:
   return None, f"minifloat e{e}m{m} has no XLA type"
 
 
-def _prequantize(w: np.ndarray, bits: int, fmt: int, gran: int) -> tuple[np.ndarray, np.ndarray]:
+def _prequantize(name: str, w: np.ndarray, bits: int, fmt: int, gran: int) -> tuple[np.ndarray, np.ndarray]:
   """(grid values in scale units, float32 scales ``[1, ..., 1, out]``) with product `w` bit for bit."""
   table = codec.code_table(bits, fmt, gran)
   cols = w.reshape(-1, w.shape[-1])
   per_channel = gran in (codes.PER_CHANNEL, codes.LEARNED)
   groups = cols if per_channel else cols.reshape(-1, 1)
   q, scales, ok = codec.encode_symmetric(groups, table, gran == codes.LEARNED)
-  if not ok.all():
-    raise ValueError("not on its grid")
+  if not ok.all():   # the file's kernels are decoded from codes on this grid, so this is a bug
+    raise RuntimeError(f"{name}: the exported kernel is not on its grid")
   scale = scales if per_channel else np.full(w.shape[-1], scales[0], np.float32)
   return table[q].reshape(w.shape), scale.reshape((1,) * (w.ndim - 1) + (-1,))
 
@@ -132,7 +132,7 @@ def to_qwix(path: str | os.PathLike) -> QwixExport:
     if qtype is None:
       left_out.append(f"{name} ({rec['format_name']}): {why}; kept as float32")
       continue
-    qvalue, scale = _prequantize(np.asarray(flat[key], np.float32), bits, fmt, gran)
+    qvalue, scale = _prequantize(name, np.asarray(flat[key], np.float32), bits, fmt, gran)
     kernels.append(QwixKernel("/".join(key[:-1]), qtype, qvalue, scale))
     flat[key] = {"qvalue": qvalue, "scale": scale}
   return QwixExport(tuple(kernels), traverse_util.unflatten_dict(flat), tuple(left_out))
@@ -148,13 +148,20 @@ def linen_params(qx: QwixExport, abstract_params) -> dict:
 
   Returns:
     `abstract_params` with every template filled from `qx.params`.
+
+  Raises:
+    ValueError: one line naming a parameter of the model that the file lacks.
   """
   import qwix
 
+  flat = traverse_util.flatten_dict(qx.params, is_leaf=lambda _, x: isinstance(x, dict) and "qvalue" in x)
+
   def fill(path, template):
-    value = qx.params
-    for k in path:
-      value = value[getattr(k, "key", getattr(k, "name", None))]
+    key = tuple(k.key for k in path)
+    if key not in flat:
+      raise ValueError(f"params/{'/'.join(key)} is not in the export file; pass the model the file was "
+                       "exported from")
+    value = flat[key]
     if not hasattr(template, "array"):
       return jnp.asarray(value, template.dtype)
     qa = template.array
@@ -173,9 +180,4 @@ def write_qwix(qx: QwixExport, directory: str | os.PathLike) -> None:
             "weight_calibration_method": CALIBRATION} for k in qx.kernels]
   with open(os.path.join(directory, "rules.json"), "w") as f:
     json.dump({"rules": rules, "left_out": list(qx.left_out)}, f, indent=2)
-  flat = traverse_util.flatten_dict(qx.params, is_leaf=lambda _, x: isinstance(x, dict) and "qvalue" in x)
-  arrays = {}
-  for key, value in flat.items():
-    name = "/".join(key)
-    arrays.update({f"{name}/{k}": v for k, v in value.items()} if isinstance(value, dict) else {name: value})
-  np.savez(os.path.join(directory, "params.npz"), **arrays)
+  np.savez(os.path.join(directory, "params.npz"), **traverse_util.flatten_dict(qx.params, sep="/"))

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from hirelc_jax import models
 from hirelc_jax.compression import apply, export, qwix_export
@@ -41,14 +42,13 @@ def test_every_expressible_kernel_gets_its_qtype_and_the_rest_one_line_each(expo
   _, _, qx = exported
   assert {k.module: k.qtype for k in qx.kernels} == QTYPES
   assert len(qx.left_out) == 2
-  assert "mlp" in qx.left_out[0] and "log grid" in qx.left_out[0]
-  assert "e2m2 has no XLA type" in qx.left_out[1]
+  assert qx.left_out[0].startswith("block_0/mlp/fc2/kernel (") and "log grid" in qx.left_out[0]
+  assert qx.left_out[1].startswith("block_1/mlp/fc2/kernel (") and "e2m2 has no XLA type" in qx.left_out[1]
   assert [r.module_path for r in qx.rules()] == [re.escape(m) for m in QTYPES]
 
 
 def test_qvalues_lie_on_the_qtype_and_times_scale_give_the_file_bit_for_bit(exported):
   _, path, qx = exported
-  from flax import traverse_util
   loaded = traverse_util.flatten_dict(export.load_variables(path)[0]["params"])
   for k in qx.kernels:
     dtype = np.dtype(getattr(ml_dtypes, k.qtype)) if k.qtype.startswith("float") else None
@@ -75,3 +75,13 @@ def test_qwix_ptq_model_reproduces_our_logits(exported, tmp_path):
   qwix_export.write_qwix(qx, tmp_path / "q")
   with np.load(tmp_path / "q" / "params.npz") as f:
     assert {f"{k.module}/kernel/qvalue" for k in qx.kernels} <= set(f.files)
+
+
+def test_a_model_the_file_does_not_hold_is_named_in_one_line(exported):
+  _, _, qx = exported
+  spec = models.build_model("vit_mu", num_classes=10, image_shape=(8, 8, 1))
+  ptq = qwix.quantize_model(spec.module, qwix.PtqProvider(qx.rules()))
+  abstract = jax.eval_shape(ptq.init, jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
+  abstract = {**abstract, "extra": {"kernel": jax.ShapeDtypeStruct((2, 2), jnp.float32)}}
+  with pytest.raises(ValueError, match=r"^params/extra/kernel is not in the export file"):
+    qwix_export.linen_params(qx, abstract)
