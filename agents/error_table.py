@@ -40,6 +40,7 @@ from flax import traverse_util
 from hirelc_jax.compression import codes, prune, quantize
 from hirelc_jax.compression.kernel_map import KernelMap
 from hirelc_jax.compression.plan import CompressionPlan
+from hirelc_jax.data.pipeline import num_examples, take
 
 NUM_BIT_WIDTHS = codes.MAX_BITS - codes.MIN_BITS + 1
 
@@ -67,11 +68,12 @@ def weight_fisher(loss_fn: Callable, params: Mapping, kmap: KernelMap, x, y,
   """Diagonal empirical Fisher of every mapped kernel, aligned with `kmap.entries`.
 
   Args:
-    loss_fn: `(params, x [N, ...], y [N]) -> mean loss`.
+    loss_fn: `(params, x [N, ...], y [N, ...]) -> mean loss`.
     params: the 'params' collection.
     kmap: its kernel map.
-    x, y: calibration examples `[N, ...]`, `[N]`; N a multiple of `batch_size`
-      is not required (the remainder is dropped only if N > batch_size).
+    x, y: calibration examples `[N, ...]` (arrays or pytrees of them); N a
+      multiple of `batch_size` is not required (the remainder is dropped only
+      if N > batch_size).
 
   Returns:
     One float32 array per entry, the entry's kernel shape: mean over examples
@@ -84,19 +86,19 @@ def weight_fisher(loss_fn: Callable, params: Mapping, kmap: KernelMap, x, y,
   def kernel_loss(ks, xi, yi):
     tree = dict(flat)
     tree.update(zip(paths, ks))
-    return loss_fn(traverse_util.unflatten_dict(tree), xi[None], yi[None])
+    return loss_fn(traverse_util.unflatten_dict(tree), *jax.tree.map(lambda a: a[None], (xi, yi)))
 
   @jax.jit
   def chunk(xs, ys):
     grads = jax.vmap(jax.grad(kernel_loss), in_axes=(None, 0, 0))(kernels, xs, ys)
     return [jnp.sum(g.astype(jnp.float32) ** 2, axis=0) for g in grads]
 
-  n = len(y)
+  n = num_examples(y)
   size = min(batch_size, n)
   total = [jnp.zeros(k.shape, jnp.float32) for k in kernels]
   count = 0
   for start in range(0, n - size + 1, size):
-    part = chunk(jnp.asarray(x[start:start + size]), jnp.asarray(y[start:start + size]))
+    part = chunk(*(jax.tree.map(jnp.asarray, take(t, slice(start, start + size))) for t in (x, y)))
     total = [t + p for t, p in zip(total, part)]
     count += size
   return [t / count for t in total]

@@ -120,7 +120,7 @@ def _chunked_sum(fn, data, batch_size: int):
 def _fisher(kloss, kernels, data, batch_size):
   """Per-kernel sum of the mean per-sample squared gradient. Returns `[E]`."""
   def single(k, xi, yi):
-    return kloss(k, xi[None], yi[None])
+    return kloss(k, *jax.tree.map(lambda a: a[None], (xi, yi)))
 
   def chunk_fn(chunk, chunk_size):
     del chunk_size

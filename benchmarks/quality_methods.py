@@ -63,7 +63,7 @@ class Bench:
   selection: tuple
   table: object
   base: dict
-  base_correct: dict
+  base_scores: dict
 
 
 def make_bench(setup: evaluation.Setup) -> Bench:
@@ -72,18 +72,18 @@ def make_bench(setup: evaluation.Setup) -> Bench:
   acc = lambda x, y: evaluation.accuracy(fit, fit.variables, x, y)
   base = {"fit": acc(d.x_val, d.y_val), "eval": acc(d.x_val[:n], d.y_val[:n]), "val": acc(*selection),
           "test": acc(d.x_test, d.y_test)}
-  base_correct = {**evaluation.halves_correct(fit, fit.variables, selection),
-                  "test": evaluation.correct(fit, fit.variables, d.x_test, d.y_test)}
-  return Bench(setup, fit, selection, evaluation.make_error_table(fit), base, base_correct)
+  base_scores = {**evaluation.halves_scores(fit, fit.variables, selection),
+                 "test": evaluation.scores(fit, fit.variables, d.x_test, d.y_test)}
+  return Bench(setup, fit, selection, evaluation.make_error_table(fit), base, base_scores)
 
 
 def measured(bench: Bench, tuned, compression_ratio: float) -> dict:
   """A fine-tuned plan's drops and standard errors on both halves and on test (points). The
   test numbers are for studying choice rules offline; no choice ever reads them."""
-  drops = evaluation.halves_drops(bench.setup, bench.base_correct, tuned, bench.selection)
+  drops = evaluation.halves_drops(bench.setup, bench.base_scores, tuned, bench.selection)
   d = bench.setup.data
-  drops["test"] = evaluation.paired_drop(bench.base_correct["test"],
-                                         evaluation.correct(bench.setup, tuned, d.x_test, d.y_test))
+  drops["test"] = evaluation.paired_drop(bench.base_scores["test"],
+                                         evaluation.scores(bench.setup, tuned, d.x_test, d.y_test))
   return {"compression_ratio": compression_ratio,
           **{f"{half}_{k}": v for half, (drop, se) in drops.items() for k, v in (("drop", drop), ("se", se))}}
 

@@ -54,7 +54,7 @@ def train(model, x, y, steps=300):
   return variables
 
 
-def main(output_dir="runs/custom_mlp"):
+def main(output_dir="runs/custom_mlp", config=None):
   images, labels = load_digits(return_X_y=True)
   images = (images.reshape(-1, 8, 8, 1) / 16.0 - 0.3).astype(np.float32)
   data = hirelc_jax.dataset_from_arrays(images[:1500], labels[:1500], images[1500:], labels[1500:])
@@ -65,7 +65,7 @@ def main(output_dir="runs/custom_mlp"):
       kernel_rules=[(r"block_(?P<block>\d+)/fc1/kernel$", "fc1"),
                     (r"block_(?P<block>\d+)/fc2/kernel$", "fc2")],
       kernel_names=["fc1", "fc2"],
-      config=C.preset("smoke"), output_dir=output_dir, name="mlp")
+      config=config or C.preset("smoke"), output_dir=output_dir, name="mlp")
   print(f"accuracy {report['baseline_accuracy']:.1f}% -> {report['final_accuracy']:.1f}%, "
         f"compression {report['compression_ratio']:.2f}x")
   return report

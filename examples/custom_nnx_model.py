@@ -55,7 +55,7 @@ def train(model, x, y, steps=300):
   return model
 
 
-def main(output_dir="runs/custom_nnx_mlp"):
+def main(output_dir="runs/custom_nnx_mlp", config=None):
   images, labels = load_digits(return_X_y=True)
   images = (images.reshape(-1, 8, 8, 1) / 16.0 - 0.3).astype(np.float32)
   data = hirelc_jax.dataset_from_arrays(images[:1500], labels[:1500], images[1500:], labels[1500:])
@@ -65,7 +65,7 @@ def main(output_dir="runs/custom_nnx_mlp"):
       kernel_rules=[(r"blocks/(?P<block>\d+)/fc1/kernel$", "fc1"),
                     (r"blocks/(?P<block>\d+)/fc2/kernel$", "fc2")],
       kernel_names=["fc1", "fc2"],
-      config=C.preset("smoke"), output_dir=output_dir, name="nnx_mlp")
+      config=config or C.preset("smoke"), output_dir=output_dir, name="nnx_mlp")
   compressed = hirelc_jax.nnx_module(model, pathlib.Path(output_dir) / "model_export.npz")
   accuracy = 100.0 * float(np.mean(np.argmax(np.asarray(compressed(data.x_test)), -1) == data.y_test))
   print(f"accuracy {report['baseline_accuracy']:.1f}% -> {report['final_accuracy']:.1f}% "

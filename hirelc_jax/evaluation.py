@@ -15,22 +15,22 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from hirelc_jax.agents import error_table
 from hirelc_jax.compression import accounting
 from hirelc_jax.compression.plan import CompressionPlan, stack_plans, uniform_plan
 from hirelc_jax.config import Config
 from hirelc_jax.data import load_dataset
-from hirelc_jax.data.pipeline import AUGMENT_DEFAULTS, augment
+from hirelc_jax.data.pipeline import AUGMENT_DEFAULTS, augment, num_examples, take
 from hirelc_jax.models import build_model, init_params, kernel_map
 from hirelc_jax.training import baseline, checkpoint, loop, qat
 from hirelc_jax.training.progress import progress
+from hirelc_jax.training.task import CLASSIFICATION, Task, pair_unit
 
 
 @dataclasses.dataclass
 class Setup:
-  """What every phase needs: data, model, baseline weights and evaluators."""
+  """What every phase needs: data, model, baseline weights, evaluators and the task."""
   config: Config
   data: Any
   spec: Any
@@ -39,12 +39,13 @@ class Setup:
   augment: Any
   evaluate_plans: Any
   evaluate: Any
+  task: Task = CLASSIFICATION
 
 
-def _loss_fn(module, model_state):
+def _loss_fn(module, model_state, task: Task = CLASSIFICATION):
+  """`(params, x, y) -> the batch's mean task loss` of the model in inference mode."""
   def loss(params, x, y):
-    logits = module.apply({"params": params, **model_state}, x)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    return task.loss(module.apply({"params": params, **model_state}, x), y)
   return loss
 
 
@@ -120,14 +121,15 @@ def load_user_checkpoint(path: str, spec, like: dict) -> dict:
 
 def check_validation(data) -> None:
   """Raises ValueError unless the validation split has the 2 examples `hold_out_selection` halves."""
-  if len(data.y_val) < 2:
-    raise ValueError(f"the validation split has {len(data.y_val)} examples; the search needs at least 2 "
+  n = num_examples(data.y_val)
+  if n < 2:
+    raise ValueError(f"the validation split has {n} examples; the search needs at least 2 "
                      f"(raise data.val_fraction or use more data)")
 
 
 def hold_out_selection(setup: Setup) -> tuple[Setup, tuple[np.ndarray, np.ndarray]]:
   """Splits the validation set in two halves: the returned setup's data keeps the first
-  (screening, warm-up, the fine-tunes' early stopping); the second, `(x [V2, ...], y [V2])`,
+  (screening, warm-up, the fine-tunes' early stopping); the second, `(x [V2, ...], y [V2, ...])`,
   only scores fine-tuned plans for the choice of cycle, so the reported validation drop is
   not the best of the early-stopping scores the fine-tune already maximised.
 
@@ -136,9 +138,9 @@ def hold_out_selection(setup: Setup) -> tuple[Setup, tuple[np.ndarray, np.ndarra
   """
   d = setup.data
   check_validation(d)
-  half = len(d.y_val) // 2
-  fit = dataclasses.replace(d, x_val=d.x_val[:half], y_val=d.y_val[:half])
-  return dataclasses.replace(setup, data=fit), (d.x_val[half:], d.y_val[half:])
+  half = num_examples(d.y_val) // 2
+  fit = dataclasses.replace(d, x_val=take(d.x_val, slice(None, half)), y_val=take(d.y_val, slice(None, half)))
+  return dataclasses.replace(setup, data=fit), (take(d.x_val, slice(half, None)), take(d.y_val, slice(half, None)))
 
 
 def accuracy(setup: Setup, variables, x, y) -> float:
@@ -148,61 +150,65 @@ def accuracy(setup: Setup, variables, x, y) -> float:
 
 
 @functools.lru_cache(maxsize=8)
-def _batch_correct(module):
+def _batch_scores(module, task: Task):
   @jax.jit
-  def batch_correct(params, model_state, x, y):
+  def batch_scores(params, model_state, x, y):
     logits, _ = loop.forward(module, params, model_state, x, train=False)
-    return jnp.argmax(logits, -1) == y
-  return batch_correct
+    return task.score(logits, y).astype(jnp.float32)
+  return batch_scores
 
 
-def correct(setup: Setup, variables, x, y) -> np.ndarray:
-  """Whether the model classifies each example right, bool `[N]` (fixed batches, the last padded)."""
+def scores(setup: Setup, variables, x, y) -> np.ndarray:
+  """The task's per-example score, float32 `[N]` (100 where classified right, else 0, by
+  default), in fixed batches, the last padded."""
   state = {k: v for k, v in variables.items() if k != "params"}
-  batch_correct = _batch_correct(setup.spec.module)
+  batch_scores = _batch_scores(setup.spec.module, setup.task)
   xs, ys, valid = loop.pad_to_batches(x, y, loop.TrainConfig().eval_batch_size)
-  out = [np.asarray(batch_correct(variables["params"], state, xb, yb))[np.asarray(v)]
-         for xb, yb, v in zip(xs, ys, valid)]
-  return np.concatenate(out) if out else np.zeros(0, bool)
+  out = [np.asarray(batch_scores(variables["params"], state, take(xs, k), take(ys, k)))[np.asarray(v)]
+         for k, v in enumerate(valid)]
+  return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
-def paired_drop(base_correct: np.ndarray, new_correct: np.ndarray) -> tuple[float, float]:
-  """The accuracy drop (points) of a model against the baseline on the same examples, and its
-  standard error from the paired counts.
+def paired_drop(base_scores: np.ndarray, new_scores: np.ndarray, unit: float = 100.0) -> tuple[float, float]:
+  """The metric's drop of a model against the baseline on the same examples, and its
+  standard error from the paired differences.
 
-  With b examples only the baseline gets right and c only the new model, the
-  drop is 100 (b - c) / n and its standard error 100 sqrt(b + c + 1) / n: the
-  paired (McNemar) variance, its (b - c)^2 / n term left out and one discordant
-  pseudo-pair added, so it never reads 0 on a small set. Examples both models
-  get right or wrong carry no information about the difference.
+  With d_i = base_i - new_i, the drop is mean(d) and its standard error
+  sqrt(sum d_i^2 + unit^2) / n: the paired variance, its mean^2 term left out
+  and one pseudo-pair of size `unit` added, so it never reads 0 on a small set.
+  For accuracy (scores 0 or 100, unit 100) with b examples only the baseline
+  gets right and c only the new model, that is 100 (b - c) / n and
+  100 sqrt(b + c + 1) / n, McNemar's paired counts. Examples on which the two
+  models score alike carry no information about the difference.
 
   Args:
-    base_correct, new_correct: bool `[N]`, N >= 1.
+    base_scores, new_scores: float `[N]`, N >= 1.
+    unit: the pseudo-pair (`task.pair_unit`).
   """
-  base, new = np.asarray(base_correct, bool), np.asarray(new_correct, bool)
-  n = len(base)
-  b, c = int(np.sum(base & ~new)), int(np.sum(~base & new))
-  return 100.0 * (b - c) / n, 100.0 * float(np.sqrt(b + c + 1)) / n
+  d = np.asarray(base_scores, np.float64) - np.asarray(new_scores, np.float64)
+  n = len(d)
+  return float(d.sum() / n), float(np.sqrt(np.sum(d * d) + unit * unit)) / n
 
 
-def halves_correct(setup: Setup, variables, selection) -> dict:
-  """{'fit': bool [V1], 'val': bool [V2]}: per-example correctness on the fit half
-  (`setup.data`'s validation split after `hold_out_selection`) and the held-out half."""
+def halves_scores(setup: Setup, variables, selection) -> dict:
+  """{'fit': [V1], 'val': [V2]}: per-example scores on the fit half (`setup.data`'s validation
+  split after `hold_out_selection`) and the held-out half."""
   d = setup.data
-  return {"fit": correct(setup, variables, d.x_val, d.y_val), "val": correct(setup, variables, *selection)}
+  return {"fit": scores(setup, variables, d.x_val, d.y_val), "val": scores(setup, variables, *selection)}
 
 
-def halves_drops(setup: Setup, base_correct: dict, variables, selection) -> dict:
-  """{'fit': (drop, se), 'val': (drop, se)} of `variables` against the baseline's `halves_correct`."""
-  new = halves_correct(setup, variables, selection)
-  return {half: paired_drop(base_correct[half], new[half]) for half in ("fit", "val")}
+def halves_drops(setup: Setup, base_scores: dict, variables, selection) -> dict:
+  """{'fit': (drop, se), 'val': (drop, se)} of `variables` against the baseline's `halves_scores`."""
+  new = halves_scores(setup, variables, selection)
+  return {half: paired_drop(base_scores[half], new[half], pair_unit(setup.task, base_scores[half], new[half]))
+          for half in ("fit", "val")}
 
 
 def plan_accuracies(setup: Setup, plans: CompressionPlan, batch: int = 8, *,
                     desc: str | None = None, quiet: bool = True) -> np.ndarray:
-  """Pre-fine-tune accuracy of each plan on the evaluation subset, `batch` plans per call."""
+  """Pre-fine-tune metric of each plan on the evaluation subset, `batch` plans per call."""
   n = setup.config.search.eval_samples
-  x, y = setup.data.x_val[:n], setup.data.y_val[:n]
+  x, y = take(setup.data.x_val, slice(None, n)), take(setup.data.y_val, slice(None, n))
   count = plans.bits.shape[0]
   out = []
   bar = progress(total=count, desc=desc or "evaluate plans", disable=quiet or desc is None)
@@ -224,15 +230,16 @@ def finetune(setup: Setup, plan: CompressionPlan, key, desc: str = "fine-tune", 
   ft = loop.TrainConfig(epochs=t.finetune_epochs, batch_size=t.batch_size, lr=t.finetune_lr,
                         patience=t.finetune_patience, warmup_frac=0.0)
   return qat.finetune(setup.spec.module, setup.variables, plan, setup.kmap, setup.data, ft, key,
-                      augment=setup.augment, desc=desc, quiet=quiet)
+                      augment=setup.augment, task=setup.task, desc=desc, quiet=quiet)
 
 
 def make_error_table(setup: Setup) -> error_table.ErrorTable:
   """The Fisher-weighted error table of the baseline, on the sensitivity examples."""
   data, n = setup.data, setup.config.search.sensitivity_samples
   state_vars = {k: v for k, v in setup.variables.items() if k != "params"}
-  fisher = error_table.weight_fisher(_loss_fn(setup.spec.module, state_vars), setup.variables["params"],
-                                     setup.kmap, data.x_train[:n], data.y_train[:n])
+  fisher = error_table.weight_fisher(_loss_fn(setup.spec.module, state_vars, setup.task),
+                                     setup.variables["params"], setup.kmap,
+                                     take(data.x_train, slice(None, n)), take(data.y_train, slice(None, n)))
   return error_table.build_error_table(setup.variables["params"], fisher, setup.kmap)
 
 

@@ -24,7 +24,8 @@ from hirelc_jax.agents.surrogate import SurrogateConfig, encode_plan, make_surro
 from hirelc_jax.compression import accounting
 from hirelc_jax.compression.plan import CompressionPlan
 from hirelc_jax.config import Config
-from hirelc_jax.evaluation import (Setup, _loss_fn, accuracy, finetune, halves_correct, halves_drops,
+from hirelc_jax.data.pipeline import num_examples, take
+from hirelc_jax.evaluation import (Setup, _loss_fn, accuracy, finetune, halves_drops, halves_scores,
                                    hold_out_selection, load_inputs, make_error_table, plan_accuracies,
                                    plan_metrics, prepare, uniform_plans)
 from hirelc_jax.training import baseline
@@ -65,12 +66,12 @@ class Search:
   """The agents, the surrogate and their jitted functions for one Setup.
 
   `selection` (x, y) is the held-out half of validation that scores fine-tuned plans;
-  `base_correct` the baseline's per-example correctness on the fit half and on it.
+  `base_scores` the baseline's per-example scores on the fit half and on it.
   """
 
   def __init__(self, setup: Setup, sensitivity, table: error_table.ErrorTable | None, selection):
     self.setup, self.config, self.selection = setup, setup.config, selection
-    self.base_correct = halves_correct(setup, setup.variables, selection)
+    self.base_scores = halves_scores(setup, setup.variables, selection)
     self.table = table
     kmap = setup.kmap
     self.present = jnp.asarray(kmap.present)
@@ -171,7 +172,7 @@ def run_cycle(search_: Search, state: SearchState, cycle: int, base: dict, key,
 
   t0 = time.perf_counter()
   tuned, result = finetune(setup, plan, jax.random.fold_in(key, 3), f"cycle {cycle + 1} fine-tune", quiet)
-  drops = halves_drops(setup, search_.base_correct, tuned, search_.selection)
+  drops = halves_drops(setup, search_.base_scores, tuned, search_.selection)
   (fit_drop, fit_se), (val_drop, val_se) = drops["fit"], drops["val"]
   val_acc = base["val"] - val_drop
   times["finetune_s"] = time.perf_counter() - t0
@@ -200,7 +201,7 @@ def run_cycle(search_: Search, state: SearchState, cycle: int, base: dict, key,
                pre_finetune_accuracy=pre_acc, fit_drop=fit_drop, fit_se=fit_se,
                val_accuracy=val_acc, val_drop=val_drop, val_se=val_se, recovery=recovery, details=details)
   log("cycle", **done.to_record(), message=(
-      f"cycle {cycle + 1}: val {val_acc:.2f}% (pre-fine-tune {pre_acc:.2f}%), "
+      f"cycle {cycle + 1}: val {setup.task.show(val_acc)} (pre-fine-tune {setup.task.show(pre_acc)}), "
       f"compression {done.compression_ratio:.2f}x honest / {done.paper_compression_ratio:.2f}x paper"))
   label = f"C{cycle + 1}"
   evaluated = state.evaluated + tuple(
@@ -304,19 +305,21 @@ def _run(config: Config, out_dir: pathlib.Path, inputs, setup, resume: bool, qui
   n_eval = config.search.eval_samples
   base = {"val": accuracy(setup, setup.variables, *selection),
           "fit": accuracy(setup, setup.variables, data.x_val, data.y_val),
-          "eval": accuracy(setup, setup.variables, data.x_val[:n_eval], data.y_val[:n_eval]),
+          "eval": accuracy(setup, setup.variables, take(data.x_val, slice(None, n_eval)),
+                           take(data.y_val, slice(None, n_eval))),
           "test": accuracy(setup, setup.variables, data.x_test, data.y_test)}
   phases["baseline"] = time.perf_counter() - t
-  log("baseline_accuracy", **base, message=f"baseline: val {base['val']:.2f}%, test {base['test']:.2f}%")
-  note = policy.resolution_note(config.goal.target_accuracy_drop, len(selection[1]))
+  log("baseline_accuracy", **base, message=f"baseline: val {setup.task.show(base['val'])}, test {setup.task.show(base['test'])}")
+  note = policy.resolution_note(config.goal.target_accuracy_drop, num_examples(selection[1]), setup.task.unit)
   if note:
     log("warning", message=f"warning: {note}")
 
   t = time.perf_counter()
   state_vars = {k: v for k, v in setup.variables.items() if k != "params"}
   n_sens = config.search.sensitivity_samples
-  sens = estimate_sensitivity(_loss_fn(setup.spec.module, state_vars), setup.variables["params"],
-                              setup.kmap, data.x_train[:n_sens], data.y_train[:n_sens],
+  sens = estimate_sensitivity(_loss_fn(setup.spec.module, state_vars, setup.task), setup.variables["params"],
+                              setup.kmap, take(data.x_train, slice(None, n_sens)),
+                              take(data.y_train, slice(None, n_sens)),
                               method=config.search.sensitivity, num_samples=n_sens,
                               key=jax.random.fold_in(key, 10))
   phases["sensitivity"] = time.perf_counter() - t

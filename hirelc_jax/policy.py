@@ -90,9 +90,12 @@ def select_best(ratios, val_drops, target_drop: float, margins=0.0) -> int:
   return int(np.lexsort((-ratios, drops))[0])
 
 
-def resolution_note(target_drop: float, count: int) -> str | None:
-  """A one-line warning when one example of the held-out half is worth more than half the target."""
-  step = 100.0 / max(count, 1)
+def resolution_note(target_drop: float, count: int, unit: float | None = 100.0) -> str | None:
+  """A one-line warning when one example of the held-out half is worth more than half the
+  target; `unit` is the most one example moves the metric's sum (None: unknown, no warning)."""
+  if unit is None:
+    return None
+  step = unit / max(count, 1)
   if step <= target_drop / 2:
     return None
   return (f"the held-out validation half has {count} examples, one worth {step:.2f} points against a "

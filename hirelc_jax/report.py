@@ -352,10 +352,12 @@ def final_table(report: Mapping) -> str:
   met = met_target(r)
   verdict = NA if met is None else ("MET" if met else "MISSED")
   cycles = r.get("cycles") or []
+  metric = r.get("metric", "accuracy")
+  unit = " %" if metric == "accuracy" else ""
   rows = [
-      ("Test accuracy", f"{fmt(r.get('baseline_accuracy'))} % -> {fmt(r.get('final_accuracy'))} %"),
-      ("Val accuracy",
-       f"{fmt(r.get('baseline_val_accuracy'))} % -> {fmt(r.get('final_val_accuracy'))} %"),
+      (f"Test {metric}", f"{fmt(r.get('baseline_accuracy'))}{unit} -> {fmt(r.get('final_accuracy'))}{unit}"),
+      (f"Val {metric}",
+       f"{fmt(r.get('baseline_val_accuracy'))}{unit} -> {fmt(r.get('final_val_accuracy'))}{unit}"),
       ("Drop / target", f"{fmt(r.get('accuracy_drop'))} pt / <= "
                         f"{fmt(r.get('target_accuracy_drop'))} pt  {verdict}"),
       ("Compression", f"{fmt(r.get('compression_ratio'), '.2f', 'x')} whole model  "

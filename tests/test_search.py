@@ -122,9 +122,10 @@ def test_selection_half_is_held_out_from_everything_the_search_sees():
 
 
 def test_paired_drop_counts_only_the_examples_the_two_models_disagree_on():
+  """Accuracy scores (100 right, 0 wrong) give McNemar's paired counts."""
   from hirelc_jax.evaluation import paired_drop
-  base = np.array([1, 1, 1, 1, 0, 0, 1, 0, 1, 1], bool)
-  new = np.array([1, 0, 0, 1, 1, 0, 1, 0, 0, 1], bool)           # b = 3 lost, c = 1 gained
+  base = 100.0 * np.array([1, 1, 1, 1, 0, 0, 1, 0, 1, 1])
+  new = 100.0 * np.array([1, 0, 0, 1, 1, 0, 1, 0, 0, 1])        # b = 3 lost, c = 1 gained
   drop, se = paired_drop(base, new)
   assert drop == pytest.approx(100 * 2 / 10) and se == pytest.approx(100 * np.sqrt(5) / 10)
   assert paired_drop(base, base) == pytest.approx((0.0, 10.0))    # agreement: one pseudo-pair
@@ -137,7 +138,7 @@ def test_paired_drop_counts_only_the_examples_the_two_models_disagree_on():
   new[rng.choice(right, 120, replace=False)] = False
   new[rng.choice(wrong, 90, replace=False)] = True
   d = base.astype(float) - new
-  drop, se = paired_drop(base, new)
+  drop, se = paired_drop(100.0 * base, 100.0 * new)
   assert drop == pytest.approx(100 * d.mean())
   assert 100 * d.std() / np.sqrt(3000) <= se <= 1.01 * 100 * d.std() / np.sqrt(3000)
 

@@ -12,11 +12,11 @@ from hirelc_jax.data.datasets import (DATA_DIR_ENV, DATASET_NAMES, FASHION_MNIST
                                       channel_stats, load_dataset, normalize, read_raw,
                                       split_indices)
 from hirelc_jax.data.pipeline import (AUGMENT_DEFAULTS, AugmentConfig, augment, batches,
-                                      num_batches, pad_to_batches)
+                                      num_batches, num_examples, pad_to_batches, take)
 from hirelc_jax.data.readers import RawData, read_idx
 
 __all__ = [
     "DATA_DIR_ENV", "DATASET_NAMES", "FASHION_MNIST_DIR", "Dataset", "RawData", "AugmentConfig",
     "AUGMENT_DEFAULTS", "augment", "batches", "channel_stats", "load_dataset", "normalize",
-    "num_batches", "pad_to_batches", "read_idx", "read_raw", "split_indices",
+    "num_batches", "num_examples", "pad_to_batches", "read_idx", "read_raw", "split_indices", "take",
 ]

@@ -3,7 +3,8 @@
 `augment` is a jitted JAX function (random crop with zero padding and random
 horizontal flip, vectorised over the batch). `batches` is a numpy iterator for
 training; `pad_to_batches` pads an evaluation set to whole batches with a mask
-so that every example is counted exactly once.
+so that every example is counted exactly once. Inputs and targets may be
+pytrees of arrays with a leading example axis (`num_examples`, `take`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,23 @@ AUGMENT_DEFAULTS = {
     "cifar100": AugmentConfig(crop_pad=4, flip=True),
     "tiny_imagenet": AugmentConfig(crop_pad=8, flip=True),
 }
+
+
+def num_examples(tree) -> int:
+  """The leading-axis length shared by every leaf of `tree`.
+
+  Raises:
+    ValueError: when `tree` has no leaves or its leaves differ in length.
+  """
+  sizes = {int(np.shape(a)[0]) if np.ndim(a) else -1 for a in jax.tree.leaves(tree)}
+  if len(sizes) != 1 or -1 in sizes:
+    raise ValueError(f"expected arrays sharing a leading example axis, got leading sizes {sorted(sizes)}")
+  return sizes.pop()
+
+
+def take(tree, idx):
+  """Every leaf of `tree` indexed along its leading axis (`idx`: a slice or index array)."""
+  return jax.tree.map(lambda a: a[idx], tree)
 
 
 @functools.partial(jax.jit, static_argnames=("crop_pad", "flip"))
@@ -78,8 +96,8 @@ def batches(x: np.ndarray, y: np.ndarray, batch_size: int, *,
   """Yields ``(x[idx], y[idx])`` minibatches for one epoch.
 
   Args:
-    x: ``[N, ...]``.
-    y: ``[N, ...]``.
+    x: ``[N, ...]`` (or a pytree of such arrays).
+    y: ``[N, ...]`` (or a pytree).
     batch_size: examples per batch.
     key: a JAX PRNG key or an int seed to shuffle with; None keeps the order.
     drop_remainder: drop the last partial batch (True) or yield it shorter.
@@ -88,9 +106,9 @@ def batches(x: np.ndarray, y: np.ndarray, batch_size: int, *,
     ``([batch_size, ...], [batch_size, ...])`` numpy arrays (the last one may
     be shorter when ``drop_remainder`` is False).
   """
-  n = len(x)
-  if len(y) != n:
-    raise ValueError(f"x has {n} examples but y has {len(y)}")
+  n, n_y = num_examples(x), num_examples(y)
+  if n_y != n:
+    raise ValueError(f"x has {n} examples but y has {n_y}")
   if batch_size < 1:
     raise ValueError(f"batch_size must be positive, got {batch_size}")
   if key is None:
@@ -102,7 +120,7 @@ def batches(x: np.ndarray, y: np.ndarray, batch_size: int, *,
   stop = n - n % batch_size if drop_remainder else n
   for start in range(0, stop, batch_size):
     idx = order[start:start + batch_size]
-    yield x[idx], y[idx]
+    yield take(x, idx), take(y, idx)
 
 
 def num_batches(n: int, batch_size: int, *, drop_remainder: bool) -> int:
@@ -115,18 +133,19 @@ def pad_to_batches(x: np.ndarray, y: np.ndarray,
   """Pads ``(x, y)`` with zeros to whole batches and stacks them.
 
   Args:
-    x: ``[N, ...]``.
-    y: ``[N, ...]``.
+    x: ``[N, ...]`` (or a pytree of such arrays).
+    y: ``[N, ...]`` (or a pytree).
     batch_size: B.
 
   Returns:
     ``(xb [K, B, ...], yb [K, B, ...], mask [K, B] bool)`` with
-    ``K = ceil(N / B)``; ``mask`` is True exactly on the N real examples, in
-    order (``xb.reshape(-1, ...)[:N] == x``).
+    ``K = ceil(N / B)`` (pytrees of such leaves for pytree inputs); ``mask``
+    is True exactly on the N real examples, in order
+    (``xb.reshape(-1, ...)[:N] == x``).
   """
-  n = len(x)
-  if len(y) != n:
-    raise ValueError(f"x has {n} examples but y has {len(y)}")
+  n, n_y = num_examples(x), num_examples(y)
+  if n_y != n:
+    raise ValueError(f"x has {n} examples but y has {n_y}")
   if batch_size < 1:
     raise ValueError(f"batch_size must be positive, got {batch_size}")
   k = -(-n // batch_size)
@@ -138,4 +157,4 @@ def pad_to_batches(x: np.ndarray, y: np.ndarray,
     return a.reshape((k, batch_size) + a.shape[1:])
 
   mask = (np.arange(k * batch_size) < n).reshape(k, batch_size)
-  return stack(x), stack(y), mask
+  return jax.tree.map(stack, x), jax.tree.map(stack, y), mask

@@ -1,4 +1,5 @@
-"""Jitted training and evaluation of a classifier, for baselines and QAT.
+"""Jitted training and evaluation under a `Task` (default: image classification), for
+baselines and QAT.
 
 The trainable state may differ from the model's parameters: QAT trains
 ``(params, steps)`` and maps them through a plan. A `ParamsFn`
@@ -19,8 +20,9 @@ import numpy as np
 import optax
 from flax import struct
 
-from hirelc_jax.data.pipeline import pad_to_batches
+from hirelc_jax.data.pipeline import num_examples, pad_to_batches, take
 from hirelc_jax.training.progress import progress
+from hirelc_jax.training.task import CLASSIFICATION, Task, classification
 
 ParamsFn = Callable[[Any, Any], Mapping]
 
@@ -36,7 +38,8 @@ class TrainConfig:
     warmup_frac: fraction of the steps spent warming up linearly.
     weight_decay: AdamW decay, applied to matrices only (not biases/norms).
     grad_clip: global-norm gradient clipping.
-    label_smoothing: cross-entropy label smoothing.
+    label_smoothing: label smoothing of the built-in classification loss (a
+      user's task brings its own loss).
     patience: epochs without validation improvement before stopping (0: never).
     chunk: training steps between progress updates and NaN checks.
     eval_batch_size: examples per evaluation batch.
@@ -89,8 +92,9 @@ def forward(module, params, model_state, x, *, train: bool):
 
 
 def make_train_step(module, tx: optax.GradientTransformation, params_fn: ParamsFn, *,
-                    augment: Optional[Callable] = None, label_smoothing: float = 0.0):
-  """Returns jitted ``step(state, aux, x [B, ...], y [B], key) -> (state, loss)``.
+                    augment: Optional[Callable] = None, task: Task = CLASSIFICATION):
+  """Returns jitted ``step(state, aux, x [B, ...], y [B, ...], key) -> (state, loss)``, the
+  loss `task.loss` (x and y may be pytrees).
 
   Steps are dispatched one jitted call at a time rather than scanned: on
   XLA:CPU a convolution inside a `lax.scan` body ran about 6x slower than the
@@ -100,8 +104,7 @@ def make_train_step(module, tx: optax.GradientTransformation, params_fn: ParamsF
 
   def loss_fn(trainable, model_state, aux, x, y):
     logits, new_state = forward(module, params_fn(trainable, aux), model_state, x, train=True)
-    labels = optax.smooth_labels(jax.nn.one_hot(y, logits.shape[-1]), label_smoothing)
-    return optax.softmax_cross_entropy(logits, labels).mean(), new_state
+    return task.loss(logits, y), new_state
 
   @functools.partial(jax.jit, donate_argnums=(0,))
   def step(state, aux, x, y, key):
@@ -116,8 +119,9 @@ def make_train_step(module, tx: optax.GradientTransformation, params_fn: ParamsF
   return step
 
 
-def make_evaluate(module, params_fn: ParamsFn):
-  """Returns ``evaluate(trainable, model_state, aux, xs [N, B, ...], ys, valid) -> correct``.
+def make_evaluate(module, params_fn: ParamsFn, task: Task = CLASSIFICATION):
+  """Returns ``evaluate(trainable, model_state, aux, xs [K, B, ...], ys, valid [K, B]) -> total``,
+  the sum of `task.score` over the valid examples (xs, ys: padded batches, maybe pytrees).
 
   The compressed parameters are computed once per call, then each batch is a
   jitted forward pass (see `make_train_step` for why batches are not scanned).
@@ -125,27 +129,28 @@ def make_evaluate(module, params_fn: ParamsFn):
   materialise = jax.jit(params_fn)
 
   @jax.jit
-  def batch_correct(params, model_state, x, y, v):
+  def batch_total(params, model_state, x, y, v):
     logits, _ = forward(module, params, model_state, x, train=False)
-    return jnp.sum((jnp.argmax(logits, -1) == y) & v)
+    return jnp.sum(jnp.where(v, task.score(logits, y), 0.0))
 
   def evaluate(trainable, model_state, aux, xs, ys, valid):
     params = materialise(trainable, aux)
-    return sum(batch_correct(params, model_state, x, y, v) for x, y, v in zip(xs, ys, valid))
+    return sum(batch_total(params, model_state, take(xs, k), take(ys, k), v) for k, v in enumerate(valid))
 
   return evaluate
 
 
 def accuracy(evaluate, trainable, model_state, aux, x, y, batch_size: int) -> float:
-  """Top-1 accuracy in percent over a whole split, the remainder counted exactly."""
+  """The task's metric over a whole split (the mean per-example score; top-1 accuracy in
+  percent by default), the remainder counted exactly."""
   xs, ys, valid = pad_to_batches(x, y, batch_size)
-  correct = evaluate(trainable, model_state, aux, xs, ys, valid)
-  return 100.0 * float(correct) / len(x)
+  total = evaluate(trainable, model_state, aux, xs, ys, valid)
+  return float(total) / num_examples(y)
 
 
 @dataclasses.dataclass
 class FitResult:
-  """What `fit` returns: the best state by validation accuracy, and its history."""
+  """What `fit` returns: the best state by validation metric, and its history."""
   trainable: Any
   model_state: Mapping
   best_val_accuracy: float
@@ -155,14 +160,17 @@ class FitResult:
 
 
 def fit(module, trainable, model_state, aux, params_fn: ParamsFn, data, config: TrainConfig, key, *,
-        augment: Optional[Callable] = None, desc: str = "train", quiet: bool = False) -> FitResult:
+        augment: Optional[Callable] = None, task: Optional[Task] = None, desc: str = "train",
+        quiet: bool = False) -> FitResult:
   """Trains with AdamW, evaluating on the validation split after each epoch.
 
-  Keeps the best state by validation accuracy and stops after `patience` epochs
-  without improvement. `data` needs x_train, y_train, x_val, y_val (numpy).
-  Raises FloatingPointError if the loss becomes NaN.
+  Keeps the best state by validation metric and stops after `patience` epochs
+  without improvement. `data` needs x_train, y_train, x_val, y_val (numpy
+  arrays or pytrees of them). `task` defaults to classification with the
+  config's label smoothing. Raises FloatingPointError if the loss becomes NaN.
   """
-  n_train = len(data.x_train)
+  task = task or classification(config.label_smoothing)
+  n_train = num_examples(data.x_train)
   steps_per_epoch = n_train // config.batch_size
   if steps_per_epoch < 1:
     raise ValueError(f"batch_size={config.batch_size} is larger than the {n_train} training examples")
@@ -173,9 +181,8 @@ def fit(module, trainable, model_state, aux, params_fn: ParamsFn, data, config: 
   # Copies: the step donates its state, and the caller keeps its own arrays.
   trainable, model_state = jax.tree.map(jnp.copy, (trainable, dict(model_state)))
   state = TrainState(trainable, model_state, tx.init(trainable), jnp.zeros((), jnp.int32))
-  train_step = make_train_step(module, tx, params_fn, augment=augment,
-                               label_smoothing=config.label_smoothing)
-  evaluate = make_evaluate(module, params_fn)
+  train_step = make_train_step(module, tx, params_fn, augment=augment, task=task)
+  evaluate = make_evaluate(module, params_fn, task)
   val = lambda s: accuracy(evaluate, s.trainable, s.model_state, aux, data.x_val, data.y_val,
                            config.eval_batch_size)
   rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel()[-1].item())
@@ -191,7 +198,7 @@ def fit(module, trainable, model_state, aux, params_fn: ParamsFn, data, config: 
     idx, order = order[:need], order[need:]
     losses = []
     for s, batch in enumerate(idx.reshape(chunk_len, config.batch_size)):
-      state, step_loss = train_step(state, aux, data.x_train[batch], data.y_train[batch],
+      state, step_loss = train_step(state, aux, take(data.x_train, batch), take(data.y_train, batch),
                                     jax.random.fold_in(key, c * chunk_len + s))
       losses.append(step_loss)
     loss = float(jnp.mean(jnp.stack(losses)))

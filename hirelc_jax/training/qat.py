@@ -11,8 +11,9 @@ import numpy as np
 from hirelc_jax.compression.apply import apply_plan, compute_masks, init_steps
 from hirelc_jax.compression.kernel_map import KernelMap
 from hirelc_jax.compression.plan import CompressionPlan
-from hirelc_jax.data.pipeline import pad_to_batches
+from hirelc_jax.data.pipeline import num_examples, pad_to_batches, take
 from hirelc_jax.training import loop
+from hirelc_jax.training.task import CLASSIFICATION, Task
 
 
 def qat_params_fn(kmap: KernelMap):
@@ -25,15 +26,15 @@ def qat_params_fn(kmap: KernelMap):
 
 
 def finetune(module, variables: Mapping, plan: CompressionPlan, kmap: KernelMap, data,
-             config: loop.TrainConfig, key, *, augment=None, desc: str = "fine-tune",
-             quiet: bool = False):
+             config: loop.TrainConfig, key, *, augment=None, task: Task | None = None,
+             desc: str = "fine-tune", quiet: bool = False):
   """Fine-tunes `variables` under `plan` with fake quantization in the forward pass.
 
   Masks are computed once from the starting weights and stay fixed; learned
   step sizes start from the LSQ rule and train with the weights.
 
   Returns:
-    (variables, FitResult): the best weights by validation accuracy, already
+    (variables, FitResult): the best weights by validation metric, already
     compressed (pruned neurons exactly zero, every kernel on its grid), and the
     fit record.
   """
@@ -44,7 +45,7 @@ def finetune(module, variables: Mapping, plan: CompressionPlan, kmap: KernelMap,
   steps = init_steps(params, plan, kmap, masks)
   params_fn = qat_params_fn(kmap)
   result = loop.fit(module, (params, steps), model_state, (plan, masks), params_fn, data, config,
-                    key, augment=augment, desc=desc, quiet=quiet)
+                    key, augment=augment, task=task, desc=desc, quiet=quiet)
   compressed = jax.jit(params_fn)(result.trainable, (plan, masks))
   return {"params": compressed, **result.model_state}, result
 
@@ -54,8 +55,9 @@ def compress(variables: Mapping, plan: CompressionPlan, kmap: KernelMap) -> dict
   return {**variables, "params": apply_plan(variables["params"], plan, kmap)}
 
 
-def make_evaluate_plans(module, kmap: KernelMap):
-  """Returns ``f(params, model_state, plans [P,...], xs, ys, valid) -> correct [P]``.
+def make_evaluate_plans(module, kmap: KernelMap, task: Task = CLASSIFICATION):
+  """Returns ``f(params, model_state, plans [P,...], xs, ys, valid) -> total [P]``, each plan's
+  sum of `task.score` over the valid examples.
 
   Each plan is applied once (one jitted call, vmapped over plans); every data
   batch is then one jitted forward pass vmapped over the P compressed models.
@@ -64,21 +66,21 @@ def make_evaluate_plans(module, kmap: KernelMap):
                                   in_axes=(None, 0)))
 
   @jax.jit
-  def batch_correct(compressed, model_state, x, y, v):
+  def batch_total(compressed, model_state, x, y, v):
     logits = jax.vmap(lambda p: loop.forward(module, p, model_state, x, train=False)[0])(compressed)
-    return jnp.sum((jnp.argmax(logits, -1) == y) & v, axis=-1)
+    return jnp.sum(jnp.where(v, jax.vmap(task.score, in_axes=(0, None))(logits, y), 0.0), axis=-1)
 
   def evaluate_plans(params, model_state, plans, xs, ys, valid):
     compressed = compress_all(params, plans)
-    return sum(batch_correct(compressed, model_state, x, y, v) for x, y, v in zip(xs, ys, valid))
+    return sum(batch_total(compressed, model_state, take(xs, k), take(ys, k), v) for k, v in enumerate(valid))
 
   return evaluate_plans
 
 
 def plan_accuracies(evaluate_plans, variables: Mapping, plans: CompressionPlan, x: np.ndarray,
                     y: np.ndarray, batch_size: int) -> np.ndarray:
-  """Top-1 accuracy in percent of each plan in a batch, over a whole split."""
+  """Each plan's metric (top-1 accuracy in percent by default) over a whole split, `[P]`."""
   model_state = {k: v for k, v in variables.items() if k != "params"}
   xs, ys, valid = pad_to_batches(x, y, batch_size)
-  correct = evaluate_plans(variables["params"], model_state, plans, xs, ys, valid)
-  return 100.0 * np.asarray(correct) / len(x)
+  total = evaluate_plans(variables["params"], model_state, plans, xs, ys, valid)
+  return np.asarray(total, np.float64) / num_examples(y)

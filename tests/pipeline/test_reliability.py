@@ -131,7 +131,7 @@ def test_api_refuses_non_finite_parameters_and_inconsistent_arrays(tmp_path):
     hirelc_jax.compress(lambda v, x: x, bad, data, kernel_rules=[(r"block_(?P<block>\d+)/fc/kernel", "fc")],
                         kernel_names=["fc"], output_dir=tmp_path / "o")
   assert not (tmp_path / "o").exists()
-  with pytest.raises(ValueError, match=r"test images have shape \(4, 4, 1\), training images \(8, 8, 1\)"):
+  with pytest.raises(ValueError, match=r"test inputs have shape \(4, 4, 1\), training inputs \(8, 8, 1\) per example"):
     hirelc_jax.dataset_from_arrays(x, y, x[:, :4, :4], y)
   with pytest.raises(ValueError, match=r"y_test must hold integer class labels in \[0, 2\)"):
     hirelc_jax.dataset_from_arrays(x, y, x, y + 2, num_classes=2)
