@@ -67,10 +67,10 @@ def test_cli_help_from_the_repository_root(wheel_python):
 
 
 def test_smoke_run_from_the_repository_root(wheel_python, tmp_path, smoke_cache):
-  """The smoke schedule end to end; stderr is a pipe, so progress comes as whole lines."""
+  """The smoke schedule end to end (one cycle); stderr is a pipe, so progress comes as whole lines."""
   out = tmp_path / "runs"
   done = subprocess.run([str(wheel_python), "-m", "hirelc_jax.run", "--model", "vit_mu",
-                         "--dataset", "digits", "--schedule", "smoke", "--output-dir", str(out)],
+                         "--dataset", "digits", "--schedule", "smoke", "--cycles", "1", "--output-dir", str(out)],
                         cwd=ROOT, capture_output=True, text=True,
                         env=_user_env(HIRELC_JAX_CACHE=str(smoke_cache)))
   assert done.returncode == 0, done.stderr[-3000:]
