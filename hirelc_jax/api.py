@@ -196,12 +196,11 @@ def compress(apply_fn: Callable, variables: Mapping | None, data: Dataset, *,
     if variables is not None:
       raise ValueError("an NNX module carries its own weights; pass variables=None")
     apply_fn, variables = nnx_bridge.split(apply_fn)
-  from hirelc_jax.evaluation import check_finite
+  from hirelc_jax.evaluation import check_finite, check_validation
   check_finite(variables, "variables")
   spec = UserSpec(name, FunctionModel(apply_fn, name), tuple(kernel_names), tuple(kernel_rules))
   variables = dict(variables)
   kmap = build_kernel_map(variables["params"], kernel_rules, kernel_names)
-  from hirelc_jax.evaluation import check_validation
   check_validation(data)
   task = make_task(data, loss_fn, metric_fn, metric_name)
   check_task(apply_fn, variables, data, task)

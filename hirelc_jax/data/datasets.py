@@ -36,6 +36,11 @@ _STATS_CHUNK = 4096
 class Dataset:
   """A loaded, normalised dataset.
 
+  The built-in datasets hold the arrays below. A user's (`hirelc_jax.dataset_from_arrays`)
+  may hold pytrees of arrays with a leading example axis as inputs and targets; its
+  `num_classes` is then None unless the targets are integer labels, and `image_shape`,
+  `mean` and `std` are None unless the inputs are one array.
+
   Attributes:
     x_train: ``[N, H, W, C]`` float32, normalised.
     y_train: ``[N]`` int32.
@@ -55,11 +60,11 @@ class Dataset:
   y_val: np.ndarray
   x_test: np.ndarray
   y_test: np.ndarray
-  num_classes: int
-  image_shape: tuple[int, int, int]
+  num_classes: Optional[int]
+  image_shape: Optional[tuple[int, ...]]
   name: str
-  mean: np.ndarray
-  std: np.ndarray
+  mean: Optional[np.ndarray]
+  std: Optional[np.ndarray]
 
   def denormalize(self, x: np.ndarray) -> np.ndarray:
     """Maps normalised images ``[..., C]`` back to [0, 1] pixel units."""
