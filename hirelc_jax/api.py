@@ -159,7 +159,8 @@ def check_task(apply_fn: Callable, variables: Mapping, data: Dataset, task: task
 def compress(apply_fn: Callable, variables: Mapping | None, data: Dataset, *,
              kernel_rules: Sequence[tuple[str, str]], kernel_names: Sequence[str],
              loss_fn: Optional[Callable] = None, metric_fn: Optional[Callable] = None,
-             metric_name: Optional[str] = None, config: Optional[Config] = None, output_dir: str | pathlib.Path = "runs/custom",
+             metric_name: Optional[str] = None, config: Optional[Config] = None,
+             output_dir: str | pathlib.Path = "runs/custom",
              name: str = "custom", resume: bool = False, quiet: bool = True) -> dict:
   """Runs the HiReLC search on a user's trained model; returns the report dict.
 

@@ -139,8 +139,9 @@ def hold_out_selection(setup: Setup) -> tuple[Setup, tuple[np.ndarray, np.ndarra
   d = setup.data
   check_validation(d)
   half = num_examples(d.y_val) // 2
-  fit = dataclasses.replace(d, x_val=take(d.x_val, slice(None, half)), y_val=take(d.y_val, slice(None, half)))
-  return dataclasses.replace(setup, data=fit), (take(d.x_val, slice(half, None)), take(d.y_val, slice(half, None)))
+  first, second = slice(None, half), slice(half, None)
+  fit = dataclasses.replace(d, x_val=take(d.x_val, first), y_val=take(d.y_val, first))
+  return dataclasses.replace(setup, data=fit), (take(d.x_val, second), take(d.y_val, second))
 
 
 def accuracy(setup: Setup, variables, x, y) -> float:

@@ -309,7 +309,8 @@ def _run(config: Config, out_dir: pathlib.Path, inputs, setup, resume: bool, qui
                            take(data.y_val, slice(None, n_eval))),
           "test": accuracy(setup, setup.variables, data.x_test, data.y_test)}
   phases["baseline"] = time.perf_counter() - t
-  log("baseline_accuracy", **base, message=f"baseline: val {setup.task.show(base['val'])}, test {setup.task.show(base['test'])}")
+  show = setup.task.show
+  log("baseline_accuracy", **base, message=f"baseline: val {show(base['val'])}, test {show(base['test'])}")
   note = policy.resolution_note(config.goal.target_accuracy_drop, num_examples(selection[1]), setup.task.unit)
   if note:
     log("warning", message=f"warning: {note}")
