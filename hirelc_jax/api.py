@@ -10,11 +10,11 @@ from typing import Callable, Mapping, Optional, Sequence
 import jax
 import numpy as np
 
-from hirelc_jax import experiment
+from hirelc_jax import evaluation, experiment
 from hirelc_jax.config import Config
 from hirelc_jax.data.datasets import Dataset, split_indices
 from hirelc_jax.data.pipeline import num_examples, take
-from hirelc_jax.training import loop, qat, task as task_lib
+from hirelc_jax.training import task as task_lib
 
 
 class FunctionModel:
@@ -197,15 +197,13 @@ def compress(apply_fn: Callable, variables: Mapping | None, data: Dataset, *,
     if variables is not None:
       raise ValueError("an NNX module carries its own weights; pass variables=None")
     apply_fn, variables = nnx_bridge.split(apply_fn)
-  from hirelc_jax.evaluation import check_finite, check_validation
-  check_finite(variables, "variables")
+  evaluation.check_finite(variables, "variables")
   spec = UserSpec(name, FunctionModel(apply_fn, name), tuple(kernel_names), tuple(kernel_rules))
   variables = dict(variables)
   kmap = build_kernel_map(variables["params"], kernel_rules, kernel_names)
-  check_validation(data)
+  evaluation.check_validation(data)
   task = make_task(data, loss_fn, metric_fn, metric_name)
   check_task(apply_fn, variables, data, task)
-  setup = experiment.Setup(config, data, spec, variables, kmap, None,
-                           qat.make_evaluate_plans(spec.module, kmap, task),
-                           loop.make_evaluate(spec.module, lambda t, _: t, task), task)
+  setup = evaluation.make_setup(config, data, spec, variables, kmap, None, task,
+                                evaluation.make_run_placement(config))
   return experiment.run(config, pathlib.Path(output_dir), resume=resume, quiet=quiet, setup=setup)

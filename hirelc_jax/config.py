@@ -110,6 +110,7 @@ class Config:
   training: TrainingConfig = TrainingConfig()
   seed: int = 0
   output_dir: str = "runs"
+  devices: Optional[int] = None      # devices the run's mesh spans (None: all, every host's)
 
   def validate(self) -> "Config":
     """Raises ValueError with one line naming the bad value and what to do: first every key's

@@ -48,6 +48,7 @@ RANGES = {
     "training.finetune_patience": _GE0,
     "training.batch_size": _GE1,
     "seed": (0, 2**31 - 1, False, False),
+    "devices": _GE1,
 }
 _AGENT_SECTIONS = ("hla", "lla")
 

@@ -24,13 +24,15 @@ from hirelc_jax.data import load_dataset
 from hirelc_jax.data.pipeline import AUGMENT_DEFAULTS, augment, num_examples, take
 from hirelc_jax.models import build_model, init_params, kernel_map
 from hirelc_jax.training import baseline, checkpoint, loop, qat
+from hirelc_jax.training.placement import Placement, make_placement
 from hirelc_jax.training.progress import progress
 from hirelc_jax.training.task import CLASSIFICATION, Task, pair_unit
 
 
 @dataclasses.dataclass
 class Setup:
-  """What every phase needs: data, model, baseline weights, evaluators and the task."""
+  """What every phase needs: data, model, baseline weights, evaluators, the task and the
+  devices (`placement`; None: JAX's default device, unsharded)."""
   config: Config
   data: Any
   spec: Any
@@ -40,6 +42,22 @@ class Setup:
   evaluate_plans: Any
   evaluate: Any
   task: Task = CLASSIFICATION
+  placement: Placement | None = None
+
+
+def make_setup(config: Config, data, spec, variables: dict, kmap, augment, task: Task,
+               placement: Placement) -> Setup:
+  """A Setup whose evaluators split their work over `placement`'s devices."""
+  return Setup(config, data, spec, variables, kmap, augment,
+               qat.make_evaluate_plans(spec.module, kmap, task, placement),
+               loop.make_evaluate(spec.module, lambda t, _: t, task, placement), task, placement)
+
+
+def make_run_placement(config: Config) -> Placement:
+  """The mesh over `config.devices` devices, checked against the training batch size."""
+  placement = make_placement(config.devices)
+  placement.check_batch(config.training.batch_size, "training.batch_size")
+  return placement
 
 
 def _loss_fn(module, model_state, task: Task = CLASSIFICATION):
@@ -52,16 +70,18 @@ def _loss_fn(module, model_state, task: Task = CLASSIFICATION):
 @dataclasses.dataclass(frozen=True)
 class Inputs:
   """What a run reads before it writes anything: the data, the model, its initial (or the
-  user's checkpointed) variables and the augmentation."""
+  user's checkpointed) variables, the augmentation and the devices."""
   data: Any
   spec: Any
   variables: dict
   augment: Any
+  placement: Placement
 
 
 def load_inputs(config: Config) -> Inputs:
   """Loads the data and builds the model (with a user's checkpoint, checked finite): every
   input a run can fail on, so a bad one fails before the output folder is touched."""
+  placement = make_run_placement(config)
   data = load_dataset(config.data.name, data_dir=config.data.data_dir,
                       val_fraction=config.data.val_fraction, seed=config.seed,
                       limit=config.data.limit)
@@ -76,7 +96,7 @@ def load_inputs(config: Config) -> Inputs:
   if config.model.checkpoint:
     variables = load_user_checkpoint(config.model.checkpoint, spec, variables)
     check_finite(variables, config.model.checkpoint)
-  return Inputs(data, spec, variables, aug)
+  return Inputs(data, spec, variables, aug, placement)
 
 
 def prepare(config: Config, inputs: Inputs | None = None, *, quiet: bool = False, log=print) -> Setup:
@@ -91,13 +111,11 @@ def prepare(config: Config, inputs: Inputs | None = None, *, quiet: bool = False
         epochs=t.baseline_epochs if t.baseline_epochs is not None else schedule.epochs,
         lr=t.baseline_lr if t.baseline_lr is not None else schedule.lr)
     variables, info = baseline.train_baseline(spec, variables, data, schedule, config.seed,
-                                              augment=aug, quiet=quiet)
+                                              augment=aug, quiet=quiet, placement=inputs.placement)
     log(f"baseline {'loaded from cache' if info['cached'] else 'trained'}: "
         f"val {info['val_accuracy']:.2f}% ({info['path']})")
   kmap = kernel_map(variables["params"], spec)
-  return Setup(config, data, spec, variables, kmap, aug,
-               qat.make_evaluate_plans(spec.module, kmap),
-               loop.make_evaluate(spec.module, lambda t, _: t))
+  return make_setup(config, data, spec, variables, kmap, aug, CLASSIFICATION, inputs.placement)
 
 
 def check_finite(variables, where: str) -> None:
@@ -164,8 +182,11 @@ def scores(setup: Setup, variables, x, y) -> np.ndarray:
   default), in fixed batches, the last padded."""
   state = {k: v for k, v in variables.items() if k != "params"}
   batch_scores = _batch_scores(setup.spec.module, setup.task)
-  xs, ys, valid = loop.pad_to_batches(x, y, loop.TrainConfig().eval_batch_size)
-  out = [np.asarray(batch_scores(variables["params"], state, take(xs, k), take(ys, k)))[np.asarray(v)]
+  place, size = setup.placement, loop.TrainConfig().eval_batch_size
+  xs, ys, valid = loop.pad_to_batches(x, y, place.round_up(size) if place else size)
+  params = place.replicate((variables["params"], state)) if place else (variables["params"], state)
+  shard = place.shard if place else (lambda t: t)
+  out = [np.asarray(batch_scores(*params, shard(take(xs, k)), shard(take(ys, k))))[np.asarray(v)]
          for k, v in enumerate(valid)]
   return np.concatenate(out) if out else np.zeros(0, np.float32)
 
@@ -231,7 +252,8 @@ def finetune(setup: Setup, plan: CompressionPlan, key, desc: str = "fine-tune", 
   ft = loop.TrainConfig(epochs=t.finetune_epochs, batch_size=t.batch_size, lr=t.finetune_lr,
                         patience=t.finetune_patience, warmup_frac=0.0)
   return qat.finetune(setup.spec.module, setup.variables, plan, setup.kmap, setup.data, ft, key,
-                      augment=setup.augment, task=setup.task, desc=desc, quiet=quiet)
+                      augment=setup.augment, task=setup.task, desc=desc, quiet=quiet,
+                      placement=setup.placement)
 
 
 def make_error_table(setup: Setup) -> error_table.ErrorTable:

@@ -56,7 +56,8 @@ def finalize(setup, state, best: int, tuned: dict, base: dict, test_acc: float, 
   drop = base["test"] - test_acc
   result = {
       "model": setup.spec.name, "dataset": setup.data.name, "seed": config.seed,
-      "device": jax.default_backend(), "schedule": schedule, "metric": setup.task.metric,
+      "device": jax.default_backend(), "schedule": schedule,
+      "placement": setup.placement.describe() if setup.placement else None, "metric": setup.task.metric,
       "baseline_accuracy": base["test"], "final_accuracy": test_acc,
       "baseline_val_accuracy": base["val"], "final_val_accuracy": chosen.val_accuracy,
       "final_val_se": chosen.val_se, "margin_se": config.search.margin_se,

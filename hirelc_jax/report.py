@@ -183,6 +183,17 @@ def _export_parts(export: Mapping) -> str:
           f" + .npz members {file_bytes - payload - header:,} B")
 
 
+def _devices(r: Mapping) -> str:
+  """'device cpu', or with a mesh 'cpu x4 (mesh data=4, 1 process)'."""
+  p = r.get("placement")
+  if not isinstance(p, Mapping) or not p.get("devices"):
+    return f"device {_text(r.get('device'))}"
+  mesh = ", ".join(f"{k}={v}" for k, v in dict(p.get("mesh") or {}).items())
+  procs = p.get("processes", 1)
+  return (f"{_text(p.get('device_kind'))} x{len(p['devices'])} (mesh {mesh}, "
+          f"{procs} process{'es' if procs != 1 else ''})")
+
+
 def _headline(r: Mapping) -> list[str]:
   export = r.get("export") or {}
   file_bytes, storage_bytes = export.get("file_bytes"), export.get("storage_bytes")
@@ -332,7 +343,7 @@ def render_markdown(report: Mapping, figures: Sequence[str] = ()) -> str:
   r = report
   lines = ["# HiReLC-JAX compression report", "",
            f"`{_text(r.get('model'))}` on `{_text(r.get('dataset'))}` · seed {_text(r.get('seed'))} · "
-           f"device {_text(r.get('device'))} · schedule {_text(r.get('schedule'))}", ""]
+           f"{_devices(r)} · schedule {_text(r.get('schedule'))}", ""]
   for section in (_headline, _plan_section, _cycles_section, _strategy_section, _evaluated_section,
                   _time_section, _surrogate_section):
     lines += section(r) + [""]

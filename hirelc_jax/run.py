@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--cycles", type=int, help="search cycles")
   p.add_argument("--seed", type=int, help="random seed")
   p.add_argument("--output-dir", help="where runs are written (default runs/)")
+  p.add_argument("--devices", type=int, help="devices to spread the work over (default: all there are)")
   p.add_argument("--resume", action="store_true", help="continue the run in the output directory")
   p.add_argument("--quantization-type", choices=("mixed", "int", "float"))
   p.add_argument("--strategy", choices=("uniform", "log", "per_channel", "learned"),
@@ -63,6 +64,7 @@ def resolve_config(args):
     sets[k.strip()] = v
   flags = {"model.name": args.model, "data.name": args.dataset, "data.data_dir": args.data_dir,
            "search.cycles": args.cycles, "search.proposer": args.proposer, "seed": args.seed, "output_dir": args.output_dir,
+           "devices": args.devices,
            "goal.quantization_type": args.quantization_type, "goal.strategy": args.strategy,
            "goal.target_accuracy_drop": args.target_accuracy_drop,
            "goal.target_compression": args.target_compression}

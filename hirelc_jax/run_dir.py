@@ -85,10 +85,12 @@ def check_contents(out_dir: pathlib.Path, config: Config, resume: bool) -> str |
 
 
 def differences(saved: Config, config: Config) -> list[str]:
-  """'key: saved -> now' for every setting that differs, where the folder lives left out."""
+  """'key: saved -> now' for every setting that differs, where the folder lives and the
+  devices it runs on left out (a run may move to another machine)."""
   a, b = (flat(config_io.to_dict(c)) for c in (saved, config))
   for d in (a, b):
     d.pop("output_dir", None)
+    d.pop("devices", None)
     if d.get("data.data_dir"):
       d["data.data_dir"] = os.path.realpath(d["data.data_dir"])
   return [f"{k}: {a.get(k)!r} then, {b.get(k)!r} now" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]

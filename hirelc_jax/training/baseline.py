@@ -60,8 +60,11 @@ def cache_key(spec, data, config: loop.TrainConfig, seed: int, augment=None) -> 
 
 def train_baseline(spec, variables, data, config: loop.TrainConfig, seed: int, *,
                    augment: Optional[Callable] = None, cache_dir: Optional[pathlib.Path] = None,
-                   quiet: bool = False):
+                   quiet: bool = False, placement=None):
   """Trains `spec` from `variables` or returns the cached result of the same run.
+
+  `placement` (see `loop.fit`) is not part of the cache key: the weights
+  trained on several devices differ only by the order of float reductions.
 
   Returns:
     (variables, info): the best weights by validation accuracy and a dict with
@@ -74,7 +77,7 @@ def train_baseline(spec, variables, data, config: loop.TrainConfig, seed: int, *
   model_state = {k: v for k, v in variables.items() if k != "params"}
   result = loop.fit(spec.module, variables["params"], model_state, None, lambda t, _: t, data,
                     config, jax.random.key(seed), augment=augment, desc=f"baseline {spec.name}",
-                    quiet=quiet)
+                    quiet=quiet, placement=placement)
   trained = {"params": result.trainable, **result.model_state}
   info = {"val_accuracy": result.best_val_accuracy, "seconds": result.seconds,
           "steps": result.steps, "history": result.history}

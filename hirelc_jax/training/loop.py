@@ -21,6 +21,7 @@ import optax
 from flax import struct
 
 from hirelc_jax.data.pipeline import num_examples, pad_to_batches, take
+from hirelc_jax.training.placement import Placement, pad_axis
 from hirelc_jax.training.progress import progress
 from hirelc_jax.training.task import CLASSIFICATION, Task, classification
 
@@ -119,12 +120,15 @@ def make_train_step(module, tx: optax.GradientTransformation, params_fn: ParamsF
   return step
 
 
-def make_evaluate(module, params_fn: ParamsFn, task: Task = CLASSIFICATION):
+def make_evaluate(module, params_fn: ParamsFn, task: Task = CLASSIFICATION,
+                  placement: Optional[Placement] = None):
   """Returns ``evaluate(trainable, model_state, aux, xs [K, B, ...], ys, valid [K, B]) -> total``,
   the sum of `task.score` over the valid examples (xs, ys: padded batches, maybe pytrees).
 
   The compressed parameters are computed once per call, then each batch is a
   jitted forward pass (see `make_train_step` for why batches are not scanned).
+  With a `placement`, each batch is split over its devices (B padded, and
+  masked, to a multiple of the device count) and the parameters replicated.
   """
   materialise = jax.jit(params_fn)
 
@@ -134,8 +138,13 @@ def make_evaluate(module, params_fn: ParamsFn, task: Task = CLASSIFICATION):
     return jnp.sum(jnp.where(v, task.score(logits, y), 0.0))
 
   def evaluate(trainable, model_state, aux, xs, ys, valid):
+    if placement is not None:
+      width = placement.round_up(np.shape(valid)[1])
+      xs, ys, valid = (placement.shard(pad_axis(t, 1, width), axis=1) for t in (xs, ys, valid))
+      trainable, model_state, aux = placement.replicate((trainable, model_state, aux))
     params = materialise(trainable, aux)
-    return sum(batch_total(params, model_state, take(xs, k), take(ys, k), v) for k, v in enumerate(valid))
+    return sum(batch_total(params, model_state, take(xs, k), take(ys, k), valid[k])
+               for k in range(np.shape(valid)[0]))
 
   return evaluate
 
@@ -161,13 +170,15 @@ class FitResult:
 
 def fit(module, trainable, model_state, aux, params_fn: ParamsFn, data, config: TrainConfig, key, *,
         augment: Optional[Callable] = None, task: Optional[Task] = None, desc: str = "train",
-        quiet: bool = False) -> FitResult:
+        quiet: bool = False, placement: Optional[Placement] = None) -> FitResult:
   """Trains with AdamW, evaluating on the validation split after each epoch.
 
   Keeps the best state by validation metric and stops after `patience` epochs
   without improvement. `data` needs x_train, y_train, x_val, y_val (numpy
   arrays or pytrees of them). `task` defaults to classification with the
-  config's label smoothing. Raises FloatingPointError if the loss becomes NaN.
+  config's label smoothing. With a `placement`, every batch is split over its
+  devices and the state replicated (data parallel; the batch size must divide
+  by the device count). Raises FloatingPointError if the loss becomes NaN.
   """
   task = task or classification(config.label_smoothing)
   n_train = num_examples(data.x_train)
@@ -181,8 +192,13 @@ def fit(module, trainable, model_state, aux, params_fn: ParamsFn, data, config: 
   # Copies: the step donates its state, and the caller keeps its own arrays.
   trainable, model_state = jax.tree.map(jnp.copy, (trainable, dict(model_state)))
   state = TrainState(trainable, model_state, tx.init(trainable), jnp.zeros((), jnp.int32))
+  batch = lambda tree: tree
+  if placement is not None:
+    placement.check_batch(config.batch_size, "batch_size")
+    state, aux = placement.replicate((state, aux))
+    batch = placement.shard
   train_step = make_train_step(module, tx, params_fn, augment=augment, task=task)
-  evaluate = make_evaluate(module, params_fn, task)
+  evaluate = make_evaluate(module, params_fn, task, placement)
   val = lambda s: accuracy(evaluate, s.trainable, s.model_state, aux, data.x_val, data.y_val,
                            config.eval_batch_size)
   rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel()[-1].item())
@@ -197,8 +213,8 @@ def fit(module, trainable, model_state, aux, params_fn: ParamsFn, data, config: 
       order = np.concatenate([order, rng.permutation(n_train)])
     idx, order = order[:need], order[need:]
     losses = []
-    for s, batch in enumerate(idx.reshape(chunk_len, config.batch_size)):
-      state, step_loss = train_step(state, aux, take(data.x_train, batch), take(data.y_train, batch),
+    for s, rows in enumerate(idx.reshape(chunk_len, config.batch_size)):
+      state, step_loss = train_step(state, aux, batch(take(data.x_train, rows)), batch(take(data.y_train, rows)),
                                     jax.random.fold_in(key, c * chunk_len + s))
       losses.append(step_loss)
     loss = float(jnp.mean(jnp.stack(losses)))

@@ -13,6 +13,7 @@ from hirelc_jax.compression.kernel_map import KernelMap
 from hirelc_jax.compression.plan import CompressionPlan
 from hirelc_jax.data.pipeline import num_examples, pad_to_batches, take
 from hirelc_jax.training import loop
+from hirelc_jax.training.placement import Placement, pad_plans
 from hirelc_jax.training.task import CLASSIFICATION, Task
 
 
@@ -27,11 +28,12 @@ def qat_params_fn(kmap: KernelMap):
 
 def finetune(module, variables: Mapping, plan: CompressionPlan, kmap: KernelMap, data,
              config: loop.TrainConfig, key, *, augment=None, task: Task | None = None,
-             desc: str = "fine-tune", quiet: bool = False):
+             desc: str = "fine-tune", quiet: bool = False, placement: Placement | None = None):
   """Fine-tunes `variables` under `plan` with fake quantization in the forward pass.
 
   Masks are computed once from the starting weights and stay fixed; learned
-  step sizes start from the LSQ rule and train with the weights.
+  step sizes start from the LSQ rule and train with the weights. `placement`:
+  see `loop.fit`.
 
   Returns:
     (variables, FitResult): the best weights by validation metric, already
@@ -45,7 +47,7 @@ def finetune(module, variables: Mapping, plan: CompressionPlan, kmap: KernelMap,
   steps = init_steps(params, plan, kmap, masks)
   params_fn = qat_params_fn(kmap)
   result = loop.fit(module, (params, steps), model_state, (plan, masks), params_fn, data, config,
-                    key, augment=augment, task=task, desc=desc, quiet=quiet)
+                    key, augment=augment, task=task, desc=desc, quiet=quiet, placement=placement)
   compressed = jax.jit(params_fn)(result.trainable, (plan, masks))
   return {"params": compressed, **result.model_state}, result
 
@@ -55,12 +57,16 @@ def compress(variables: Mapping, plan: CompressionPlan, kmap: KernelMap) -> dict
   return {**variables, "params": apply_plan(variables["params"], plan, kmap)}
 
 
-def make_evaluate_plans(module, kmap: KernelMap, task: Task = CLASSIFICATION):
+def make_evaluate_plans(module, kmap: KernelMap, task: Task = CLASSIFICATION,
+                        placement: Placement | None = None):
   """Returns ``f(params, model_state, plans [P,...], xs, ys, valid) -> total [P]``, each plan's
   sum of `task.score` over the valid examples.
 
   Each plan is applied once (one jitted call, vmapped over plans); every data
   batch is then one jitted forward pass vmapped over the P compressed models.
+  With a `placement`, the plans are split over its devices (P padded to a
+  multiple of the device count by repeating the last plan, the extra totals
+  dropped) and the data and weights replicated: each device evaluates its plans.
   """
   compress_all = jax.jit(jax.vmap(lambda params, plan: apply_plan(params, plan, kmap),
                                   in_axes=(None, 0)))
@@ -71,8 +77,14 @@ def make_evaluate_plans(module, kmap: KernelMap, task: Task = CLASSIFICATION):
     return jnp.sum(jnp.where(v, jax.vmap(task.score, in_axes=(0, None))(logits, y), 0.0), axis=-1)
 
   def evaluate_plans(params, model_state, plans, xs, ys, valid):
+    n = len(jax.tree.leaves(plans)[0])
+    if placement is not None:
+      plans = placement.shard(pad_plans(plans, placement.round_up(n)))
+      params, model_state, xs, ys, valid = placement.replicate((params, model_state, xs, ys, valid))
     compressed = compress_all(params, plans)
-    return sum(batch_total(compressed, model_state, take(xs, k), take(ys, k), v) for k, v in enumerate(valid))
+    totals = sum(batch_total(compressed, model_state, take(xs, k), take(ys, k), valid[k])
+                 for k in range(np.shape(valid)[0]))
+    return totals[:n]
 
   return evaluate_plans
 

@@ -191,3 +191,21 @@ def test_unwritable_output_dir(tmp_path, capsys):
   blocker.write_text("")
   code = cli.main(SMOKE + ["--output-dir", str(blocker / "sub")])
   assert code == 2 and "not writable" in capsys.readouterr().err
+
+
+def test_four_devices_give_the_same_run(first_run, cache, tmp_path):
+  """Data-parallel training and evaluation and plan-parallel screening on 4 forced host devices
+  give the smoke run's plan and accuracies. Exactly equal on this CPU; a tolerance of one
+  example (float reductions summed in another order could flip one arg-max) is all that is allowed."""
+  _, report = first_run
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+         "HIRELC_JAX_CACHE": str(cache)}
+  subprocess.run([sys.executable, "-m", "hirelc_jax.run", *SMOKE, "--output-dir", str(tmp_path),
+                  "--devices", "4"], env=env, check=True, timeout=900)
+  four = json.loads((tmp_path / "vit_mu-digits-s0" / "report.json").read_text())
+  assert report["placement"]["mesh"] == {"data": 1}
+  assert four["placement"]["mesh"] == {"data": 4} and len(four["placement"]["devices"]) == 4
+  assert four["plan"] == report["plan"] and four["best_cycle"] == report["best_cycle"]
+  one_example = 100 / 360
+  for key in ("baseline_accuracy", "final_accuracy", "final_val_accuracy", "compression_ratio"):
+    assert four[key] == pytest.approx(report[key], abs=one_example), key
