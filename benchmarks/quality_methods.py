@@ -31,7 +31,7 @@ import jax
 import numpy as np
 
 from hirelc_jax import config as config_io
-from hirelc_jax import evaluation, experiment, knapsack, policy, screening, search
+from hirelc_jax import cycle, evaluation, experiment, knapsack, policy, screening, search
 from hirelc_jax.compression import accounting
 from hirelc_jax.compression.plan import stack_plans, uniform_plan
 from hirelc_jax.training import checkpoint
@@ -180,7 +180,7 @@ def finished(bench: Bench, record: dict, wall_s: float, evals: int, finetunes: i
           "compression_ratio": m["compression_ratio"],
           "paper_compression_ratio": m["paper_compression_ratio"], "wall_s": wall_s,
           "real_evals": evals, "finetunes": finetunes,
-          "plan_summary": experiment.summarize(record["plan"], bench.setup.kmap)}
+          "plan_summary": cycle.summarize(record["plan"], bench.setup.kmap)}
 
 
 def choose(records: list[dict], target: float, margin_se: float) -> int:

@@ -246,14 +246,25 @@ def plan_accuracies(setup: Setup, plans: CompressionPlan, batch: int = 8, *,
   return np.asarray(out)
 
 
+def finetune_schedule(setup: Setup) -> loop.TrainConfig:
+  """The config's QAT fine-tune schedule."""
+  t = setup.config.training
+  return loop.TrainConfig(epochs=t.finetune_epochs, batch_size=t.batch_size, lr=t.finetune_lr,
+                          patience=t.finetune_patience, warmup_frac=0.0)
+
+
 def finetune(setup: Setup, plan: CompressionPlan, key, desc: str = "fine-tune", quiet: bool = False):
   """QAT fine-tune of the baseline under `plan` with the config's schedule: (variables, FitResult)."""
-  t = setup.config.training
-  ft = loop.TrainConfig(epochs=t.finetune_epochs, batch_size=t.batch_size, lr=t.finetune_lr,
-                        patience=t.finetune_patience, warmup_frac=0.0)
-  return qat.finetune(setup.spec.module, setup.variables, plan, setup.kmap, setup.data, ft, key,
-                      augment=setup.augment, task=setup.task, desc=desc, quiet=quiet,
+  return qat.finetune(setup.spec.module, setup.variables, plan, setup.kmap, setup.data, finetune_schedule(setup),
+                      key, augment=setup.augment, task=setup.task, desc=desc, quiet=quiet,
                       placement=setup.placement)
+
+
+def finetune_many(setup: Setup, plans: CompressionPlan, key, desc: str = "fine-tune", quiet: bool = False):
+  """`finetune` of K plans `[K, B, L]` as one vmapped program: K (variables, FitResult)."""
+  return qat.finetune_many(setup.spec.module, setup.variables, plans, setup.kmap, setup.data,
+                           finetune_schedule(setup), key, augment=setup.augment, task=setup.task, desc=desc,
+                           quiet=quiet, placement=setup.placement)
 
 
 def make_error_table(setup: Setup) -> error_table.ErrorTable:

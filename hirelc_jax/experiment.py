@@ -7,17 +7,21 @@ ends with the same plan and accuracies as an uninterrupted one.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import math
 import pathlib
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hirelc_jax import knapsack, policy, proposals, run_dir, run_state, screening, search
-from hirelc_jax.state import PLAN_FIELDS, Cycle, Evaluation, SearchState
+from hirelc_jax import cycle as cycle_
+from hirelc_jax import knapsack, policy, run_dir, run_state, search
+from hirelc_jax.state import Evaluation, SearchState
 from hirelc_jax.agents import budget_env, error_table, kernel_env, proxies
 from hirelc_jax.agents.sensitivity import estimate_sensitivity
 from hirelc_jax.agents.surrogate import SurrogateConfig, encode_plan, make_surrogate, num_features
@@ -25,9 +29,8 @@ from hirelc_jax.compression import accounting
 from hirelc_jax.compression.plan import CompressionPlan
 from hirelc_jax.config import Config
 from hirelc_jax.data.pipeline import num_examples, take
-from hirelc_jax.evaluation import (Setup, _loss_fn, accuracy, finetune, halves_drops, halves_scores,
-                                   hold_out_selection, load_inputs, make_error_table, plan_accuracies,
-                                   plan_metrics, prepare, uniform_plans)
+from hirelc_jax.evaluation import (Setup, _loss_fn, accuracy, halves_scores, hold_out_selection, load_inputs,
+                                   make_error_table, plan_accuracies, prepare, uniform_plans)
 from hirelc_jax.training import baseline
 
 DEFAULT_POINTS_PER_ERROR = 1.0  # error-table calibration until 3 plans with moderate drops exist
@@ -107,6 +110,15 @@ class Search:
     self.lla = search.EnsembleTrainer(env, self.config.lla, nested=True,
                                       in_axes_fn=kernel_env.params_in_axes)
 
+  def for_target(self, target_accuracy_drop: float) -> "Search":
+    """This search aiming at another accuracy drop: the same setup, table, agents and
+    compiled programs (nothing recompiles), another `config.goal`."""
+    other = copy.copy(self)
+    other.config = dataclasses.replace(self.config, goal=dataclasses.replace(
+        self.config.goal, target_accuracy_drop=target_accuracy_drop))
+    other.setup = dataclasses.replace(self.setup, config=other.config)
+    return other
+
   def signal(self, state: SearchState, baseline_eval: float):
     if self.config.search.signal == "surrogate":
       inner = proxies.SurrogateSignal(state.surrogate, state.plan, jnp.float32(baseline_eval))
@@ -135,103 +147,6 @@ class Search:
     pre = [e for e in state.evaluated if e.stage == "pre_finetune" and e.error is not None]
     fit = error_table.fit_points_per_error([e.error for e in pre], [baseline_eval - e.accuracy for e in pre])
     return fit if fit is not None else DEFAULT_POINTS_PER_ERROR
-
-
-def summarize(plan: CompressionPlan, kmap) -> dict:
-  """Counts of formats and granularities and mean bits/keep over present kernels."""
-  from hirelc_jax.compression import codes
-  present = np.asarray(kmap.present)
-  bits, keep = np.asarray(plan.bits)[present], np.asarray(plan.keep)[present]
-  fmt, gran = np.asarray(plan.fmt)[present], np.asarray(plan.gran)[present]
-  out = {"mean_bits": float(np.mean(np.minimum(bits, 32))), "mean_keep": float(np.mean(keep)),
-         "int": int(np.sum(fmt == codes.INT)), "float": int(np.sum(fmt != codes.INT))}
-  out.update({g: int(np.sum(gran == i)) for i, g in enumerate(codes.GRANULARITIES)})
-  return out
-
-
-def run_cycle(search_: Search, state: SearchState, cycle: int, base: dict, key,
-              log: EventLog, quiet: bool) -> tuple[SearchState, dict]:
-  """One cycle, from a state to the next: propose (the agents and/or the integer program,
-  `search.proposer`), screen the candidates for real, QAT fine-tune the pick, update the
-  surrogate and the recovery estimate. Returns (the next state, the fine-tuned variables)."""
-  setup = search_.setup
-  config = policy.cycle_goal(search_.config, state.ratios(), [c.fit_drop for c in state.cycles],
-                             search_.margins(state.cycles)[0])
-  proposal = proposals.propose(search_, state, config, cycle, base, key)
-  times, candidates, budgets = dict(proposal.times), proposal.candidates, proposal.budgets
-
-  t0 = time.perf_counter()
-  screened, accs, ratios, pick = screen(search_, state, candidates, base["eval"])
-  plan = jax.tree.map(lambda a: a[pick], screened)
-  features = search_.encode(screened)
-  errors = search_.errors(screened)
-  error, pre_acc = float(errors[pick]), float(accs[pick])
-  ppe = search_.points_per_error(state, base["eval"])
-  predicted = float(search_.surrogate.predict(state.surrogate, features[pick:pick + 1])[0])
-  times["eval_s"] = time.perf_counter() - t0
-
-  t0 = time.perf_counter()
-  tuned, result = finetune(setup, plan, jax.random.fold_in(key, 3), f"cycle {cycle + 1} fine-tune", quiet)
-  drops = halves_drops(setup, search_.base_scores, tuned, search_.selection)
-  (fit_drop, fit_se), (val_drop, val_se) = drops["fit"], drops["val"]
-  val_acc = base["val"] - val_drop
-  times["finetune_s"] = time.perf_counter() - t0
-
-  t0 = time.perf_counter()
-  sur = search_.surrogate.add(state.surrogate, features, jnp.asarray(accs))
-  sur = search_.surrogate.record_prediction(sur, predicted, pre_acc)
-  sur, _ = search_.surrogate.fit(sur, jax.random.fold_in(key, 4))
-  recovery = policy.recovery_estimate([base["eval"] - c.pre_finetune_accuracy for c in state.cycles]
-                                      + [base["eval"] - pre_acc], [c.fit_drop for c in state.cycles] + [fit_drop])
-  times["surrogate_s"] = time.perf_counter() - t0
-
-  metrics = plan_metrics(setup, plan)
-  details = {"floor_shift": search.floor_shift(search_.config, config),
-             "early_stopping_accuracy": result.best_val_accuracy,
-             "predicted_accuracy": predicted if bool(search_.surrogate.ready(state.surrogate)) else None,
-             "table_predicted_drop": None if np.isnan(error) else error * ppe,
-             "screened": {"compression_ratio": ratios.tolist(), "pre_finetune_accuracy": accs.tolist(),
-                          "picked": pick},
-             **({} if budgets is None else {f"budget_{f}": np.asarray(getattr(budgets, f)).tolist()
-                                            for f in ("target_ratio", "min_bits", "max_prune")}),
-             "plan_summary": summarize(plan, setup.kmap), "agent_reward": proposal.rewards, "times": times}
-  done = Cycle(cycle=cycle + 1, goal_compression=config.goal.target_compression, plan=jax.device_get(plan),
-               compression_ratio=metrics["compression_ratio"],
-               paper_compression_ratio=metrics["paper_compression_ratio"], storage_bits=metrics["storage_bits"],
-               pre_finetune_accuracy=pre_acc, fit_drop=fit_drop, fit_se=fit_se,
-               val_accuracy=val_acc, val_drop=val_drop, val_se=val_se, recovery=recovery, details=details)
-  log("cycle", **done.to_record(), message=(
-      f"cycle {cycle + 1}: val {setup.task.show(val_acc)} (pre-fine-tune {setup.task.show(pre_acc)}), "
-      f"compression {done.compression_ratio:.2f}x honest / {done.paper_compression_ratio:.2f}x paper"))
-  label = f"C{cycle + 1}"
-  evaluated = state.evaluated + tuple(
-      Evaluation("cycle" if j == pick else "screened", label if j == pick else "", float(r), float(a),
-                 "pre_finetune", None if np.isnan(e) else float(e))
-      for j, (r, a, e) in enumerate(zip(ratios, accs, errors)))
-  evaluated += (Evaluation("cycle", label, done.compression_ratio, val_acc, "finetuned"),)
-  new = SearchState(proposal.hla, proposal.lla, sur, done.plan, state.cycles + (done,), evaluated, recovery)
-  return new, tuned
-
-
-def screen(search_: Search, state: SearchState, candidates: CompressionPlan, baseline_eval: float):
-  """Evaluates `search.screen` of the candidates for real and picks the one to fine-tune.
-
-  Returns (screened plans [S, B, K], their accuracies [S], honest ratios [S],
-  the index of the pick). With screen=1 only the vote (candidate 0) is evaluated and taken.
-  """
-  config = search_.config
-  limit = config.goal.target_accuracy_drop / state.recovery   # pre-fine-tune drop a fine-tune recovers
-  ratios = np.asarray(search_.ratios(candidates))
-  keys = np.stack([candidates.bits, candidates.keep, candidates.fmt, candidates.gran], 1)
-  predicted = search_.errors(candidates) * search_.points_per_error(state, baseline_eval)
-  idx = screening.pick_for_evaluation(ratios, predicted, limit, config.search.screen,
-                                      screening.unique_rows(keys))
-  screened = jax.tree.map(lambda a: a[idx], candidates)
-  accs = plan_accuracies(search_.setup, screened)
-  tried = [any(all(np.array_equal(np.asarray(getattr(c.plan, f)), np.asarray(getattr(screened, f))[j])
-                  for f in PLAN_FIELDS) for c in state.cycles) for j in range(len(idx))]
-  pick = screening.pick_for_finetune(ratios[idx], baseline_eval - accs, limit, np.asarray(tried))
-  return screened, accs, ratios[idx], pick
 
 
 def warmup(search_: Search, key, log: EventLog, quiet: bool):
@@ -286,11 +201,45 @@ def run(config: Config, out_dir: pathlib.Path, *, resume: bool = False, quiet: b
 
 def _run(config: Config, out_dir: pathlib.Path, inputs, setup, resume: bool, quiet: bool, echo,
          schedule: str, note) -> dict:
+  shared = begin(config, out_dir, inputs, setup, resume, quiet, echo, note)
+  ckpt_dir = out_dir / "checkpoints"
+  t = time.perf_counter()
+  state, done = resume_cycles(shared.search, shared.state, ckpt_dir, shared, resume)
+  for cycle in range(done, config.search.cycles):
+    state, tuned = cycle_.run_cycle(shared.search, state, cycle, shared.base, cycle_key(shared.key, cycle),
+                                    shared.log, quiet)
+    run_state.save_state(ckpt_dir / f"cycle_{cycle + 1}", state, tuned, cycle + 1)
+  shared.phases["cycles"] = time.perf_counter() - t
+  return conclude(shared, shared.search, state, out_dir, schedule)
+
+
+@dataclasses.dataclass(frozen=True)
+class Shared:
+  """What a run's searches share once the cycles can start: the `Search` (setup, error
+  table, compiled programs), the state after the warm-up, the baseline's accuracies, the
+  sensitivity, the run's key and event log, the phase times and the start time."""
+  search: Search
+  state: SearchState
+  base: dict
+  sensitivity: Any
+  key: Any
+  log: EventLog
+  phases: dict
+  start: float
+
+
+def cycle_key(key, cycle: int):
+  return jax.random.fold_in(key, 100 + cycle)
+
+
+def begin(config: Config, out_dir: pathlib.Path, inputs, setup, resume: bool, quiet: bool, echo,
+          note) -> Shared:
+  """Everything before the cycles, written into `out_dir` (config.json, metrics.jsonl):
+  the baseline, its accuracies, the sensitivity, the error table, the warm-up."""
   enable_compilation_cache()
   start = time.perf_counter()
   phases: dict[str, float] = {}
-  ckpt_dir = out_dir / "checkpoints"
-  ckpt_dir.mkdir(parents=True, exist_ok=True)
+  (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
   from hirelc_jax import config as config_io
   config_io.save(config, out_dir / "config.json")
   log = EventLog(out_dir / "metrics.jsonl", echo=None if quiet else echo, resumed=resume)
@@ -339,25 +288,36 @@ def _run(config: Config, out_dir: pathlib.Path, inputs, setup, resume: bool, qui
   state = SearchState(None, None, surrogate_state, jax.device_get(uniform_plan(*setup.kmap.plan_shape)),
                       (), evaluated, policy.RECOVERY_PRIOR)
 
-  t = time.perf_counter()
-  done = 0
-  if resume:
-    state, done = run_state.resume_latest(search_, state, ckpt_dir, key, base,
-                                          warn=lambda m: log("warning", message=f"warning: {m}"))
-    if done:
-      log("resume", cycle=done, message=f"resumed after cycle {done}")
-  for cycle in range(done, config.search.cycles):
-    state, tuned = run_cycle(search_, state, cycle, base, jax.random.fold_in(key, 100 + cycle), log, quiet)
-    run_state.save_state(ckpt_dir / f"cycle_{cycle + 1}", state, tuned, cycle + 1)
-  phases["cycles"] = time.perf_counter() - t
+  return Shared(search_, state, base, sens, key, log, phases, start)
 
+
+def resume_cycles(search_: Search, state: SearchState, ckpt_dir: pathlib.Path, shared: Shared,
+                  resume: bool) -> tuple[SearchState, int]:
+  """(the state after the latest saved cycle in `ckpt_dir`, its number) on resume, else
+  (`state`, 0)."""
+  if not resume:
+    return state, 0
+  log = shared.log
+  state, done = run_state.resume_latest(search_, state, ckpt_dir, shared.key, shared.base,
+                                        warn=lambda m: log("warning", message=f"warning: {m}"))
+  if done:
+    log("resume", cycle=done, message=f"resumed after cycle {done}")
+  return state, done
+
+
+def conclude(shared: Shared, search_: Search, state: SearchState, out_dir: pathlib.Path,
+             schedule: str) -> dict:
+  """Chooses the cycle (held-out half, with the margin), measures it on test once and writes
+  the report, plots and export into `out_dir`; returns report.json's dict."""
+  config, setup, data = search_.config, search_.setup, search_.setup.data
   t = time.perf_counter()
   best = policy.select_best(state.ratios(), [c.val_drop for c in state.cycles], config.goal.target_accuracy_drop,
                             search_.margins(state.cycles)[1])
-  _, tuned, _ = run_state.resume_state(search_, state, ckpt_dir / f"cycle_{best + 1}", key, base)
+  _, tuned, _ = run_state.resume_state(search_, state, out_dir / "checkpoints" / f"cycle_{best + 1}",
+                                       shared.key, shared.base)
   test_acc = accuracy(setup, tuned, data.x_test, data.y_test)
-  phases["final_eval"] = time.perf_counter() - t
+  phases = {**shared.phases, "final_eval": time.perf_counter() - t}
 
   from hirelc_jax.finalize import finalize
-  return finalize(setup, state, best, tuned, base, test_acc, sens, phases, start, out_dir,
-                  schedule=schedule, log=log)
+  return finalize(setup, state, best, tuned, shared.base, test_acc, shared.sensitivity, phases, shared.start,
+                  out_dir, schedule=schedule, log=shared.log)

@@ -376,7 +376,8 @@ def final_table(report: Mapping) -> str:
       ("Storage", f"{_mib(r.get('storage_bits'))} vs {_mib(r.get('fp32_bits'))} fp32"),
       ("Export file", f"{_mib(_bits(export.get('file_bytes')))} on disk, "
                       f"{_mib(_bits(export.get('storage_bytes')))} counted"),
-      ("Cycles / wall", f"{len(cycles)} cycles (best: {_text(r.get('best_cycle'))}), "
+      ("Cycles / wall", f"{len(cycles)} cycles, {_text(r.get('finetunes'))} fine-tunes "
+                        f"(best: {_text(r.get('best_cycle'))}), "
                         f"{fmt(r.get('wall_time_s'), '.0f', ' s')} wall"),
   ]
   title = (f"HiReLC-JAX  {_text(r.get('model'))} / {_text(r.get('dataset'))}  "

@@ -90,41 +90,58 @@ def output_path(cfg) -> pathlib.Path:
   return pathlib.Path(cfg.output_dir) / f"{cfg.model.name}-{cfg.data.name}-s{cfg.seed}"
 
 
-class Terminated(BaseException):
-  """SIGTERM, raised in the main thread like SIGINT's KeyboardInterrupt (and, like it, not an
-  Exception, so no `except Exception` on the way swallows it)."""
+class Terminated(SystemExit):
+  """SIGTERM, raised in the main thread like SIGINT's KeyboardInterrupt. Not an Exception, so
+  no `except Exception` on the way swallows it; a SystemExit, so neither does an asyncio
+  callback (orbax restores through asyncio, which logs and drops any other BaseException:
+  a SIGTERM that landed there once let the run finish with status 0)."""
+  code = 143
 
 
 def _terminate(signum, frame):
   raise Terminated
 
 
-def main(argv=None) -> int:
-  args = build_parser().parse_args(argv)
+def guarded(work, debug: bool) -> int:
+  """Runs `work()` with SIGTERM raised as `Terminated`; returns the exit status: 0, 130 or
+  143 when interrupted (every completed cycle is saved), 2 with a one-line error on bad input."""
   main_thread = threading.current_thread() is threading.main_thread()   # signals need the main thread
   previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
   try:
-    cfg = resolve_config(args)
-    out = output_path(cfg)
-    import jax
-    from hirelc_jax import experiment
-    if jax.default_backend() == "cpu" and not args.quiet:
-      print("note: running on CPU (no GPU/TPU found by JAX); this works but is slower")
-    experiment.run(cfg, out, resume=args.resume, quiet=args.quiet, schedule=args.schedule)
-    print(f"outputs in {out}")
+    work()
     return 0
   except (KeyboardInterrupt, Terminated) as err:
     what = "interrupted" if isinstance(err, KeyboardInterrupt) else "terminated (SIGTERM)"
     print(f"\n{what}: every completed cycle is saved; rerun the same command with --resume", file=sys.stderr)
     return 130 if isinstance(err, KeyboardInterrupt) else 143
   except (ValueError, FloatingPointError, FileNotFoundError) as err:
-    if args.debug:
+    if debug:
       raise
     print(f"error: {err}", file=sys.stderr)
     return 2
   finally:
     if main_thread:
       signal.signal(signal.SIGTERM, previous)
+
+
+def note_cpu(quiet: bool) -> None:
+  import jax
+  if jax.default_backend() == "cpu" and not quiet:
+    print("note: running on CPU (no GPU/TPU found by JAX); this works but is slower")
+
+
+def main(argv=None) -> int:
+  args = build_parser().parse_args(argv)
+
+  def work():
+    cfg = resolve_config(args)
+    out = output_path(cfg)
+    from hirelc_jax import experiment
+    note_cpu(args.quiet)
+    experiment.run(cfg, out, resume=args.resume, quiet=args.quiet, schedule=args.schedule)
+    print(f"outputs in {out}")
+
+  return guarded(work, args.debug)
 
 
 if __name__ == "__main__":

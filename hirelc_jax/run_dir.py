@@ -25,7 +25,9 @@ from hirelc_jax import config as config_io
 from hirelc_jax.config import Config
 
 LOCK = ".lock"
-RUN_FILES = ("config.json", "metrics.jsonl", "checkpoints", "report.json", "report.md", "model_export.npz")
+RUN_FILES = ("config.json", "metrics.jsonl", "checkpoints", "report.json", "report.md", "model_export.npz",
+             "sweep.json", "sweep.md", "sweep_front.png")
+TARGET_DIRS = "target_*"   # a sweep's per-target runs (hirelc_jax.sweep)
 
 
 @contextlib.contextmanager
@@ -58,9 +60,11 @@ def claim(out_dir: pathlib.Path, config: Config, resume: bool):
 
 
 def completed(out_dir: pathlib.Path) -> int:
-  """Completed cycles saved in `out_dir` (a finished report counts as one)."""
+  """Completed cycles saved in `out_dir` or a sweep's target folders in it (a finished
+  report counts as one)."""
   from hirelc_jax import run_state
-  return max(run_state.latest_cycle(out_dir / "checkpoints"), int((out_dir / "report.json").exists()))
+  return max(max(run_state.latest_cycle(d / "checkpoints"), int((d / "report.json").exists()))
+             for d in [out_dir, *sorted(out_dir.glob(TARGET_DIRS))])
 
 
 def check_contents(out_dir: pathlib.Path, config: Config, resume: bool) -> str | None:
@@ -76,7 +80,7 @@ def check_contents(out_dir: pathlib.Path, config: Config, resume: bool) -> str |
   if done:
     raise ValueError(f"output directory {out_dir} already holds a run ({done} completed cycle"
                      f"{'s' if done > 1 else ''}); pass --resume (resume=True) to continue it, or write elsewhere")
-  stale = [out_dir / name for name in RUN_FILES if (out_dir / name).exists()]
+  stale = [out_dir / name for name in RUN_FILES if (out_dir / name).exists()] + sorted(out_dir.glob(TARGET_DIRS))
   for path in stale:
     shutil.rmtree(path) if path.is_dir() else path.unlink()
   if stale:

@@ -93,49 +93,63 @@ def forward(module, params, model_state, x, *, train: bool):
 
 
 def make_train_step(module, tx: optax.GradientTransformation, params_fn: ParamsFn, *,
-                    augment: Optional[Callable] = None, task: Task = CLASSIFICATION):
+                    augment: Optional[Callable] = None, task: Task = CLASSIFICATION,
+                    stacked: bool = False):
   """Returns jitted ``step(state, aux, x [B, ...], y [B, ...], key) -> (state, loss)``, the
   loss `task.loss` (x and y may be pytrees).
 
-  Steps are dispatched one jitted call at a time rather than scanned: on
-  XLA:CPU a convolution inside a `lax.scan` body ran about 6x slower than the
-  same step called from Python (benchmarks/README.md), and async dispatch
-  keeps the device busy between calls anyway.
+  `stacked`: the state and `aux` carry a leading axis of K independent runs
+  (K plans fine-tuned at once), each stepped on the same batch, vmapped; the
+  loss is then `[K]`. Steps are dispatched one jitted call at a time rather
+  than scanned: on XLA:CPU a convolution inside a `lax.scan` body ran about 6x
+  slower than the same step called from Python (benchmarks/README.md), and
+  async dispatch keeps the device busy between calls anyway.
   """
 
   def loss_fn(trainable, model_state, aux, x, y):
     logits, new_state = forward(module, params_fn(trainable, aux), model_state, x, train=True)
     return task.loss(logits, y), new_state
 
-  @functools.partial(jax.jit, donate_argnums=(0,))
-  def step(state, aux, x, y, key):
-    if augment is not None:
-      x = augment(key, x)
+  def update(state, aux, x, y):
     (loss, new_model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.trainable, state.model_state, aux, x, y)
     updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
     trainable = optax.apply_updates(state.trainable, updates)
     return TrainState(trainable, new_model_state, opt_state, state.step + 1), loss
 
+  if stacked:
+    update = jax.vmap(update, in_axes=(0, 0, None, None))
+
+  @functools.partial(jax.jit, donate_argnums=(0,))
+  def step(state, aux, x, y, key):
+    if augment is not None:
+      x = augment(key, x)
+    return update(state, aux, x, y)
+
   return step
 
 
 def make_evaluate(module, params_fn: ParamsFn, task: Task = CLASSIFICATION,
-                  placement: Optional[Placement] = None):
+                  placement: Optional[Placement] = None, stacked: bool = False):
   """Returns ``evaluate(trainable, model_state, aux, xs [K, B, ...], ys, valid [K, B]) -> total``,
   the sum of `task.score` over the valid examples (xs, ys: padded batches, maybe pytrees).
 
   The compressed parameters are computed once per call, then each batch is a
   jitted forward pass (see `make_train_step` for why batches are not scanned).
-  With a `placement`, each batch is split over its devices (B padded, and
-  masked, to a multiple of the device count) and the parameters replicated.
+  `stacked`: trainable, model_state and aux lead with an axis of runs, and
+  the total is one per run. With a `placement`, each batch is split over its
+  devices (B padded, and masked, to a multiple of the device count) and the
+  parameters replicated.
   """
-  materialise = jax.jit(params_fn)
+  over_runs = jax.vmap if stacked else (lambda f, **_: f)
+  materialise = jax.jit(over_runs(params_fn))
 
   @jax.jit
   def batch_total(params, model_state, x, y, v):
-    logits, _ = forward(module, params, model_state, x, train=False)
-    return jnp.sum(jnp.where(v, task.score(logits, y), 0.0))
+    def total(params, model_state):
+      logits, _ = forward(module, params, model_state, x, train=False)
+      return jnp.sum(jnp.where(v, task.score(logits, y), 0.0))
+    return over_runs(total)(params, model_state)
 
   def evaluate(trainable, model_state, aux, xs, ys, valid):
     if placement is not None:
@@ -149,28 +163,33 @@ def make_evaluate(module, params_fn: ParamsFn, task: Task = CLASSIFICATION,
   return evaluate
 
 
-def accuracy(evaluate, trainable, model_state, aux, x, y, batch_size: int) -> float:
+def accuracy(evaluate, trainable, model_state, aux, x, y, batch_size: int) -> float | np.ndarray:
   """The task's metric over a whole split (the mean per-example score; top-1 accuracy in
-  percent by default), the remainder counted exactly."""
+  percent by default), the remainder counted exactly: a float, or `[K]` for a stacked
+  `evaluate`."""
   xs, ys, valid = pad_to_batches(x, y, batch_size)
-  total = evaluate(trainable, model_state, aux, xs, ys, valid)
-  return float(total) / num_examples(y)
+  total = np.asarray(evaluate(trainable, model_state, aux, xs, ys, valid), np.float64) / num_examples(y)
+  return float(total) if total.ndim == 0 else total
 
 
 @dataclasses.dataclass
 class FitResult:
-  """What `fit` returns: the best state by validation metric, and its history."""
+  """What `fit` returns: the best state by validation metric, and its history.
+
+  For a stacked fit, trainable and model_state lead with the runs' axis, and
+  best_val_accuracy and steps are `[K]` (each run's steps until it stopped).
+  """
   trainable: Any
   model_state: Mapping
-  best_val_accuracy: float
+  best_val_accuracy: Any
   history: list
   seconds: float
-  steps: int
+  steps: Any
 
 
 def fit(module, trainable, model_state, aux, params_fn: ParamsFn, data, config: TrainConfig, key, *,
         augment: Optional[Callable] = None, task: Optional[Task] = None, desc: str = "train",
-        quiet: bool = False, placement: Optional[Placement] = None) -> FitResult:
+        quiet: bool = False, placement: Optional[Placement] = None, stacked: bool = False) -> FitResult:
   """Trains with AdamW, evaluating on the validation split after each epoch.
 
   Keeps the best state by validation metric and stops after `patience` epochs
@@ -178,7 +197,11 @@ def fit(module, trainable, model_state, aux, params_fn: ParamsFn, data, config: 
   arrays or pytrees of them). `task` defaults to classification with the
   config's label smoothing. With a `placement`, every batch is split over its
   devices and the state replicated (data parallel; the batch size must divide
-  by the device count). Raises FloatingPointError if the loss becomes NaN.
+  by the device count). `stacked`: trainable, model_state and aux lead with an
+  axis of K independent runs, trained at once on the same batches; each keeps
+  its own best and stops by its own patience (a stopped run's best is frozen
+  while the others go on), so each ends as it would alone. Raises
+  FloatingPointError if the loss becomes NaN.
   """
   task = task or classification(config.label_smoothing)
   n_train = num_examples(data.x_train)
@@ -191,19 +214,24 @@ def fit(module, trainable, model_state, aux, params_fn: ParamsFn, data, config: 
   tx = make_optimizer(config, total_chunks * chunk_len)
   # Copies: the step donates its state, and the caller keeps its own arrays.
   trainable, model_state = jax.tree.map(jnp.copy, (trainable, dict(model_state)))
-  state = TrainState(trainable, model_state, tx.init(trainable), jnp.zeros((), jnp.int32))
+  runs = len(jax.tree.leaves(trainable)[0]) if stacked else None
+  opt_state = jax.vmap(tx.init)(trainable) if stacked else tx.init(trainable)
+  state = TrainState(trainable, model_state, opt_state, jnp.zeros((runs,) if stacked else (), jnp.int32))
   batch = lambda tree: tree
   if placement is not None:
     placement.check_batch(config.batch_size, "batch_size")
     state, aux = placement.replicate((state, aux))
     batch = placement.shard
-  train_step = make_train_step(module, tx, params_fn, augment=augment, task=task)
-  evaluate = make_evaluate(module, params_fn, task, placement)
-  val = lambda s: accuracy(evaluate, s.trainable, s.model_state, aux, data.x_val, data.y_val,
-                           config.eval_batch_size)
+  train_step = make_train_step(module, tx, params_fn, augment=augment, task=task, stacked=stacked)
+  evaluate = make_evaluate(module, params_fn, task, placement, stacked)
+  val = lambda s: np.asarray(accuracy(evaluate, s.trainable, s.model_state, aux, data.x_val, data.y_val,
+                                      config.eval_batch_size))
   rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel()[-1].item())
-  best = (val(state),) + jax.tree.map(jnp.copy, (state.trainable, state.model_state))
-  history, bad_epochs, start = [], 0, time.perf_counter()
+  best_acc = val(state)
+  best = jax.tree.map(jnp.copy, (state.trainable, state.model_state))
+  bad_epochs = np.zeros_like(best_acc, np.int64)
+  stopped_at = np.zeros_like(best_acc, np.int64)   # 0: still training
+  history, start = [], time.perf_counter()
   order = np.empty(0, np.int64)
   chunks_per_epoch = max(1, steps_per_epoch // chunk_len)
   bar = progress(total=total_chunks, desc=desc, disable=quiet)
@@ -217,23 +245,29 @@ def fit(module, trainable, model_state, aux, params_fn: ParamsFn, data, config: 
       state, step_loss = train_step(state, aux, batch(take(data.x_train, rows)), batch(take(data.y_train, rows)),
                                     jax.random.fold_in(key, c * chunk_len + s))
       losses.append(step_loss)
-    loss = float(jnp.mean(jnp.stack(losses)))
-    if not np.isfinite(loss):
+    loss = np.mean(np.asarray(jnp.stack(losses)), axis=0)
+    if not np.all(np.isfinite(loss)):
       bar.close()
-      raise FloatingPointError(f"{desc}: loss became {loss} at step {int(state.step)}; "
+      raise FloatingPointError(f"{desc}: loss became {loss} at step {(c + 1) * chunk_len}; "
                                "lower the learning rate or check the data")
     bar.update(1)
-    bar.set_postfix(loss=f"{loss:.3f}", best_val=f"{best[0]:.2f}")
+    bar.set_postfix(loss=f"{np.mean(loss):.3f}", best_val=f"{np.max(best_acc):.2f}")
     if (c + 1) % chunks_per_epoch == 0 or c + 1 == total_chunks:
       acc = val(state)
-      history.append({"step": int(state.step), "loss": loss, "val_accuracy": acc,
+      history.append({"step": (c + 1) * chunk_len, "loss": loss.tolist(), "val_accuracy": acc.tolist(),
                       "seconds": time.perf_counter() - start})
-      if acc > best[0]:
-        best = (acc,) + jax.tree.map(jnp.copy, (state.trainable, state.model_state))
-        bad_epochs = 0
-      else:
-        bad_epochs += 1
-        if config.patience and bad_epochs >= config.patience:
+      better = (acc > best_acc) & (stopped_at == 0)
+      if np.any(better):
+        pick = lambda b, n: jnp.where(jnp.asarray(better).reshape(better.shape + (1,) * (n.ndim - better.ndim)), n, b)
+        best = jax.tree.map(pick, best, (state.trainable, state.model_state))
+        best_acc = np.where(better, acc, best_acc)
+      bad_epochs = np.where(better, 0, bad_epochs + 1)
+      if config.patience:
+        stopped_at = np.where((stopped_at == 0) & (bad_epochs >= config.patience), (c + 1) * chunk_len, stopped_at)
+        if np.all(stopped_at):
           break
   bar.close()
-  return FitResult(best[1], best[2], best[0], history, time.perf_counter() - start, int(state.step))
+  steps = np.where(stopped_at == 0, (c + 1) * chunk_len, stopped_at)
+  if not stacked:
+    best_acc, steps = float(best_acc), int(steps)
+  return FitResult(best[0], best[1], best_acc, history, time.perf_counter() - start, steps)

@@ -52,6 +52,40 @@ def finetune(module, variables: Mapping, plan: CompressionPlan, kmap: KernelMap,
   return {"params": compressed, **result.model_state}, result
 
 
+def finetune_many(module, variables: Mapping, plans: CompressionPlan, kmap: KernelMap, data,
+                  config: loop.TrainConfig, key, *, augment=None, task: Task | None = None,
+                  desc: str = "fine-tune", quiet: bool = False, placement: Placement | None = None):
+  """Fine-tunes K plans `[K, B, L]` at once: one vmapped program over the plans, each
+  from the same `variables`, on the same batches as `finetune` with the same `key`.
+
+  Each plan keeps its own best weights and early stopping, so plan k ends as
+  `finetune(..., plan_k, ..., key)` would alone (up to float reduction order).
+  Returns a list of K `(variables, FitResult)` like `finetune`'s.
+  """
+  params = variables["params"]
+  model_state = {k: v for k, v in variables.items() if k != "params"}
+  count = len(jax.tree.leaves(plans)[0])
+  for k in range(count):
+    jax.tree.map(lambda a: a[k], plans).validate()
+  masks = jax.vmap(compute_masks, in_axes=(None, 0, None))(params, plans, kmap)
+  steps = jax.vmap(init_steps, in_axes=(None, 0, None, 0))(params, plans, kmap, masks)
+  stack = lambda tree: jax.tree.map(lambda a: jnp.broadcast_to(a, (count,) + jnp.shape(a)), tree)
+  params_fn = qat_params_fn(kmap)
+  result = loop.fit(module, (stack(params), steps), stack(model_state), (plans, masks), params_fn, data,
+                    config, key, augment=augment, task=task, desc=desc, quiet=quiet, placement=placement,
+                    stacked=True)
+  compressed = jax.jit(jax.vmap(params_fn))(result.trainable, (plans, masks))
+  out = []
+  for k in range(count):
+    at = lambda tree: jax.tree.map(lambda a: a[k], tree)
+    history = [{**h, "loss": h["loss"][k], "val_accuracy": h["val_accuracy"][k]} for h in result.history
+               if h["step"] <= result.steps[k]]
+    out.append(({"params": at(compressed), **at(result.model_state)},
+                loop.FitResult(at(result.trainable), at(result.model_state), float(result.best_val_accuracy[k]),
+                               history, result.seconds, int(result.steps[k]))))
+  return out
+
+
 def compress(variables: Mapping, plan: CompressionPlan, kmap: KernelMap) -> dict:
   """The variables with `plan` applied (no fine-tuning)."""
   return {**variables, "params": apply_plan(variables["params"], plan, kmap)}

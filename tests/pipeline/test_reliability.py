@@ -137,3 +137,20 @@ def test_api_refuses_non_finite_parameters_and_inconsistent_arrays(tmp_path):
     hirelc_jax.dataset_from_arrays(x, y, x, y + 2, num_classes=2)
   with pytest.raises(ValueError, match="y_train must hold integer class labels"):
     hirelc_jax.dataset_from_arrays(x, y - 1, x, y)
+
+
+def test_sigterm_inside_an_asyncio_callback_still_stops_the_run():
+  """orbax restores through asyncio, whose callbacks log and drop a BaseException that is not a
+  SystemExit or KeyboardInterrupt; a SIGTERM landing there once let a run finish with status 0."""
+  import asyncio
+  from hirelc_jax import run as cli
+
+  async def wait_for_the_signal():
+    asyncio.get_running_loop().call_soon(os.kill, os.getpid(), signal.SIGTERM)   # lands in a callback
+    await asyncio.sleep(0.2)
+  previous = signal.signal(signal.SIGTERM, cli._terminate)
+  try:
+    with pytest.raises(cli.Terminated):
+      asyncio.run(wait_for_the_signal())
+  finally:
+    signal.signal(signal.SIGTERM, previous)

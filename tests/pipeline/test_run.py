@@ -209,3 +209,33 @@ def test_four_devices_give_the_same_run(first_run, cache, tmp_path):
   one_example = 100 / 360
   for key in ("baseline_accuracy", "final_accuracy", "final_val_accuracy", "compression_ratio"):
     assert four[key] == pytest.approx(report[key], abs=one_example), key
+
+
+def test_a_sweep_runs_each_target_as_its_own_search(first_run, cache, tmp_path, capsys):
+  """Two targets on one baseline, their fine-tunes at once: the 1-point target's search is the
+  smoke run's (same keys, same candidates; its fine-tunes agree up to the batched program's
+  reduction order: the plans are equal and accuracies within one example; exactly equal on this
+  CPU), the front is written, and the folder is guarded like a run's."""
+  from hirelc_jax import sweep
+  _, report = first_run
+  argv = SMOKE + ["--output-dir", str(tmp_path), "--targets", "3", "1"]
+  assert sweep.main(argv) == 0
+  out = tmp_path / "vit_mu-digits-s0-sweep"
+  front = json.loads((out / "sweep.json").read_text())
+  assert front["targets"] == [1.0, 3.0] and front["finetunes"] == 4
+  assert (out / "sweep_front.png").stat().st_size > 0 and "| 3 |" in (out / "sweep.md").read_text()
+  one = json.loads((out / "target_1" / "report.json").read_text())
+  for key in ("compression_ratio", "pre_finetune_accuracy", "plan_arrays"):   # before the first fine-tune
+    assert one["cycles"][0][key] == report["cycles"][0][key], key
+  assert one["plan"] == report["plan"] and one["best_cycle"] == report["best_cycle"]
+  for key in ("final_accuracy", "final_val_accuracy", "compression_ratio"):
+    assert one[key] == pytest.approx(report[key], abs=100 / 360), key
+  rows = {r["target"]: r for r in front["rows"]}
+  assert rows[1.0]["test_drop"] == pytest.approx(one["accuracy_drop"])
+  assert any(r["on_front"] for r in front["rows"])
+  capsys.readouterr()
+  assert sweep.main(argv) == 2 and "already holds a run" in capsys.readouterr().err
+  assert sweep.main(argv[:-2] + ["0.5", "--resume"]) == 2
+  assert "repeat its original --targets" in capsys.readouterr().err
+  assert sweep.main(SMOKE + ["--output-dir", str(tmp_path), "--targets", "-1"]) == 2
+  assert "--targets -1" in capsys.readouterr().err

@@ -85,6 +85,52 @@ def test_learned_steps_train_and_requantize_exactly(digits, trained):
   chex.assert_trees_all_close(again, tuned["params"], atol=1e-7)
 
 
+def test_plans_fine_tuned_at_once_match_one_by_one(digits, trained):
+  """K plans in one vmapped fine-tune end where each ends alone: the same best epoch, the
+  same validation accuracy (within one example), the same weights up to float reduction order
+  (a vmapped matmul sums in another order, and every Adam step carries the difference on:
+  after one step the weights agree to 1e-6)."""
+  spec, _, variables, _, _ = trained
+  kmap = build_kernel_map(variables["params"], spec.kernel_rules, spec.kernel_names)
+  plans = [uniform_plan(2, 4, bits=2, keep=0.5), uniform_plan(2, 4, bits=3, keep=0.75, fmt="float", gran="learned")]
+  config = loop.TrainConfig(epochs=2, batch_size=64, lr=3e-3, chunk=6, eval_batch_size=128, patience=1)
+  at_once = qat.finetune_many(spec.module, variables, stack_plans(plans), kmap, digits, config,
+                              jax.random.key(3), quiet=True)
+  assert len(at_once) == 2
+  for plan, (tuned, result) in zip(plans, at_once):
+    alone, alone_result = qat.finetune(spec.module, variables, plan, kmap, digits, config,
+                                       jax.random.key(3), quiet=True)
+    assert result.steps == alone_result.steps
+    assert [h["step"] for h in result.history] == [h["step"] for h in alone_result.history]
+    assert result.best_val_accuracy == pytest.approx(alone_result.best_val_accuracy, abs=100 / 300 + 1e-9)
+    a, b = (np.concatenate([np.ravel(l) for l in jax.tree.leaves(t)]) for t in (tuned, alone))
+    assert np.linalg.norm(a - b) < 2e-2 * np.linalg.norm(b)   # measured: 6e-3 after 54 steps
+  one_step = loop.TrainConfig(epochs=1 / 18, batch_size=64, lr=3e-3, chunk=1, eval_batch_size=128)
+  (first, _), = qat.finetune_many(spec.module, variables, stack_plans(plans[:1]), kmap, digits, one_step,
+                                  jax.random.key(3), quiet=True)
+  alone, _ = qat.finetune(spec.module, variables, plans[0], kmap, digits, one_step, jax.random.key(3), quiet=True)
+  chex.assert_trees_all_close(first, alone, atol=1e-6)   # one step: the same batch, the same update
+
+
+def test_stacked_runs_stop_by_their_own_patience(digits):
+  """A run that cannot learn (its parameters scaled by 0) stops after `patience` epochs with
+  its first best frozen, while the other trains on, each as it would alone."""
+  spec = build_model("vit_mu", num_classes=10, image_shape=(8, 8, 1))
+  params = init_params(spec, jax.random.key(0))["params"]
+  scaled = lambda t, a: jax.tree.map(lambda p: p * a, t)
+  config = loop.TrainConfig(epochs=2, batch_size=64, lr=3e-3, chunk=6, eval_batch_size=128, patience=1)
+  stack = jax.tree.map(lambda p: np.stack([p, p]), params)
+  both = loop.fit(spec.module, stack, {}, np.array([1.0, 0.0], np.float32), scaled, digits, config,
+                  jax.random.key(0), quiet=True, stacked=True)
+  assert both.steps.tolist() == [36, 18]
+  for k, aux in enumerate((1.0, 0.0)):
+    alone = loop.fit(spec.module, params, {}, np.float32(aux), scaled, digits, config, jax.random.key(0),
+                     quiet=True)
+    assert alone.steps == both.steps[k]
+    assert alone.best_val_accuracy == pytest.approx(both.best_val_accuracy[k], abs=100 / 300 + 1e-9)
+  chex.assert_trees_all_equal(jax.tree.map(lambda p: p[1], both.trainable), params)
+
+
 def test_batched_plan_accuracies_match_one_by_one(digits, trained):
   spec, _, variables, _, _ = trained
   kmap = build_kernel_map(variables["params"], spec.kernel_rules, spec.kernel_names)
