@@ -28,7 +28,6 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import common  # noqa: E402
 from hirelc_jax import search  # noqa: E402
-from hirelc_jax.compression.apply import compute_masks, init_steps  # noqa: E402
 from hirelc_jax.compression.kernel_map import build_kernel_map  # noqa: E402
 from hirelc_jax.compression.plan import stack_plans, uniform_plan  # noqa: E402
 from hirelc_jax.config import Config  # noqa: E402
@@ -63,16 +62,10 @@ def stepper(spec, variables, kmap, x, y, plans=None, *, placement=None):
   if plans is None:
     trainable, aux, fn, stacked = params, None, lambda t, _: t, False
   else:
-    k = len(plans.bits)
-    masks = jax.vmap(compute_masks, in_axes=(None, 0, None))(params, plans, kmap)
-    steps = jax.vmap(init_steps, in_axes=(None, 0, None, 0))(params, plans, kmap, masks)
-    stacked = k > 1
-    if stacked:
-      trainable = (jax.tree.map(lambda a: jnp.broadcast_to(a, (k,) + a.shape), params), steps)
-      aux = (plans, masks)
-    else:
-      trainable = (params, jax.tree.map(lambda a: a[0], steps))
-      aux = jax.tree.map(lambda a: a[0], (plans, masks))
+    trainable, _, aux = qat.stacked_start(variables, plans, kmap)
+    stacked = len(plans.bits) > 1
+    if not stacked:
+      trainable, aux = jax.tree.map(lambda a: a[0], (trainable, aux))
     fn = qat.qat_params_fn(kmap)
   trainable = jax.tree.map(jnp.copy, trainable)
   opt = jax.vmap(tx.init)(trainable) if stacked else tx.init(trainable)

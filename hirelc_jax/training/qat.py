@@ -52,6 +52,18 @@ def finetune(module, variables: Mapping, plan: CompressionPlan, kmap: KernelMap,
   return {"params": compressed, **result.model_state}, result
 
 
+def stacked_start(variables: Mapping, plans: CompressionPlan, kmap: KernelMap):
+  """Where K QAT runs under `plans` `[K, B, L]` start: ((params, steps), model_state, (plans,
+  masks)), every leaf with a leading K axis (the weights copied K times)."""
+  params = variables["params"]
+  model_state = {k: v for k, v in variables.items() if k != "params"}
+  count = len(jax.tree.leaves(plans)[0])
+  masks = jax.vmap(compute_masks, in_axes=(None, 0, None))(params, plans, kmap)
+  steps = jax.vmap(init_steps, in_axes=(None, 0, None, 0))(params, plans, kmap, masks)
+  stack = lambda tree: jax.tree.map(lambda a: jnp.broadcast_to(a, (count,) + jnp.shape(a)), tree)
+  return (stack(params), steps), stack(model_state), (plans, masks)
+
+
 def finetune_many(module, variables: Mapping, plans: CompressionPlan, kmap: KernelMap, data,
                   config: loop.TrainConfig, key, *, augment=None, task: Task | None = None,
                   desc: str = "fine-tune", quiet: bool = False, placement: Placement | None = None):
@@ -62,16 +74,12 @@ def finetune_many(module, variables: Mapping, plans: CompressionPlan, kmap: Kern
   `finetune(..., plan_k, ..., key)` would alone (up to float reduction order).
   Returns a list of K `(variables, FitResult)` like `finetune`'s.
   """
-  params = variables["params"]
-  model_state = {k: v for k, v in variables.items() if k != "params"}
   count = len(jax.tree.leaves(plans)[0])
   for k in range(count):
     jax.tree.map(lambda a: a[k], plans).validate()
-  masks = jax.vmap(compute_masks, in_axes=(None, 0, None))(params, plans, kmap)
-  steps = jax.vmap(init_steps, in_axes=(None, 0, None, 0))(params, plans, kmap, masks)
-  stack = lambda tree: jax.tree.map(lambda a: jnp.broadcast_to(a, (count,) + jnp.shape(a)), tree)
+  trainable, model_state, (plans, masks) = stacked_start(variables, plans, kmap)
   params_fn = qat_params_fn(kmap)
-  result = loop.fit(module, (stack(params), steps), stack(model_state), (plans, masks), params_fn, data,
+  result = loop.fit(module, trainable, model_state, (plans, masks), params_fn, data,
                     config, key, augment=augment, task=task, desc=desc, quiet=quiet, placement=placement,
                     stacked=True)
   compressed = jax.jit(jax.vmap(params_fn))(result.trainable, (plans, masks))
