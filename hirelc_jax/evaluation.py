@@ -22,6 +22,7 @@ from hirelc_jax.compression.plan import CompressionPlan, stack_plans, uniform_pl
 from hirelc_jax.config import Config
 from hirelc_jax.data import load_dataset
 from hirelc_jax.data.pipeline import AUGMENT_DEFAULTS, augment, num_examples, take
+from hirelc_jax.distributed import fetch
 from hirelc_jax.models import build_model, init_params, kernel_map
 from hirelc_jax.training import baseline, checkpoint, loop, qat
 from hirelc_jax.training.placement import Placement, make_placement
@@ -186,7 +187,7 @@ def scores(setup: Setup, variables, x, y) -> np.ndarray:
   xs, ys, valid = loop.pad_to_batches(x, y, place.round_up(size) if place else size)
   params = place.replicate((variables["params"], state)) if place else (variables["params"], state)
   shard = place.shard if place else (lambda t: t)
-  out = [np.asarray(batch_scores(*params, shard(take(xs, k)), shard(take(ys, k))))[np.asarray(v)]
+  out = [fetch(batch_scores(*params, shard(take(xs, k)), shard(take(ys, k))))[np.asarray(v)]
          for k, v in enumerate(valid)]
   return np.concatenate(out) if out else np.zeros(0, np.float32)
 

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hirelc_jax import cycle as cycle_
+from hirelc_jax import distributed
 from hirelc_jax import knapsack, policy, run_dir, run_state, search
 from hirelc_jax.state import Evaluation, SearchState
 from hirelc_jax.agents import budget_env, error_table, kernel_env, proxies
@@ -38,12 +39,15 @@ DEFAULT_POINTS_PER_ERROR = 1.0  # error-table calibration until 3 plans with mod
 
 class EventLog:
   """metrics.jsonl: one strict JSON object per line (NaN and Inf written as null), appended and
-  flushed; every event of a resumed session carries `"resumed": true`."""
+  flushed; every event of a resumed session carries `"resumed": true`. Written and echoed by
+  process 0 alone (see `hirelc_jax.distributed`)."""
 
   def __init__(self, path: pathlib.Path, echo=None, resumed: bool = False):
     self.path, self.echo, self.resumed = path, echo, resumed
 
   def __call__(self, event: str, **fields):
+    if not distributed.writes():
+      return
     record = {"event": event, "time": round(time.time(), 3), **({"resumed": True} if self.resumed else {}),
               **fields}
     with self.path.open("a") as f:
@@ -239,9 +243,10 @@ def begin(config: Config, out_dir: pathlib.Path, inputs, setup, resume: bool, qu
   enable_compilation_cache()
   start = time.perf_counter()
   phases: dict[str, float] = {}
-  (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-  from hirelc_jax import config as config_io
-  config_io.save(config, out_dir / "config.json")
+  if distributed.writes():
+    from hirelc_jax import config as config_io
+    (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    config_io.save(config, out_dir / "config.json")
   log = EventLog(out_dir / "metrics.jsonl", echo=None if quiet else echo, resumed=resume)
   log("start", resume=resume, **({"message": f"note: {note}"} if note else {}))
   key = jax.random.key(config.seed)
@@ -308,7 +313,8 @@ def resume_cycles(search_: Search, state: SearchState, ckpt_dir: pathlib.Path, s
 def conclude(shared: Shared, search_: Search, state: SearchState, out_dir: pathlib.Path,
              schedule: str) -> dict:
   """Chooses the cycle (held-out half, with the margin), measures it on test once and writes
-  the report, plots and export into `out_dir`; returns report.json's dict."""
+  the report, plots and export into `out_dir`; returns report.json's dict (None on every
+  process but 0, which alone writes)."""
   config, setup, data = search_.config, search_.setup, search_.setup.data
   t = time.perf_counter()
   best = policy.select_best(state.ratios(), [c.val_drop for c in state.cycles], config.goal.target_accuracy_drop,
@@ -317,6 +323,8 @@ def conclude(shared: Shared, search_: Search, state: SearchState, out_dir: pathl
                                        shared.key, shared.base)
   test_acc = accuracy(setup, tuned, data.x_test, data.y_test)
   phases = {**shared.phases, "final_eval": time.perf_counter() - t}
+  if not distributed.writes():
+    return None
 
   from hirelc_jax.finalize import finalize
   return finalize(setup, state, best, tuned, shared.base, test_acc, shared.sensitivity, phases, shared.start,

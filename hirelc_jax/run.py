@@ -35,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--output-dir", help="where runs are written (default runs/)")
   p.add_argument("--devices", type=int, help="devices to spread the work over (default: all there are)")
   p.add_argument("--resume", action="store_true", help="continue the run in the output directory")
+  p.add_argument("--coordinator", metavar="HOST:PORT",
+                 help="several processes: process 0's address (or $HIRELC_COORDINATOR; SLURM, Open MPI "
+                      "and TPU pods are found without it)")
+  p.add_argument("--num-processes", type=int, help="several processes: how many ($HIRELC_NUM_PROCESSES)")
+  p.add_argument("--process-id", type=int, help="several processes: this one's index ($HIRELC_PROCESS_ID)")
   p.add_argument("--quantization-type", choices=("mixed", "int", "float"))
   p.add_argument("--strategy", choices=("uniform", "log", "per_channel", "learned"),
                  help="fix one granularity for every kernel")
@@ -124,6 +129,14 @@ def guarded(work, debug: bool) -> int:
       signal.signal(signal.SIGTERM, previous)
 
 
+def join_cluster(args) -> None:
+  """Joins the processes the flags or the environment name (`hirelc_jax.distributed`);
+  every process but 0 then runs quietly, since process 0 reports for all."""
+  from hirelc_jax import distributed
+  if distributed.initialize(args.coordinator, args.num_processes, args.process_id) > 1:
+    args.quiet = args.quiet or not distributed.writes()
+
+
 def note_cpu(quiet: bool) -> None:
   import jax
   if jax.default_backend() == "cpu" and not quiet:
@@ -134,6 +147,7 @@ def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
 
   def work():
+    join_cluster(args)
     cfg = resolve_config(args)
     out = output_path(cfg)
     from hirelc_jax import experiment

@@ -3,7 +3,8 @@
 `claim(out_dir, config, resume)` takes an exclusive OS lock on `out_dir/.lock`
 (`fcntl.flock`: released by the kernel when the process ends, so a crashed
 run never leaves a stale lock; the file keeps the holder's process id for
-the message), then checks what the folder holds:
+the message), then checks what the folder holds (with several processes,
+process 0 does this and tells the others; see `hirelc_jax.distributed`):
 
 - a fresh start into a folder with a completed cycle or a report is refused;
 - a fresh start into a folder whose run completed no cycle clears that run's
@@ -22,6 +23,7 @@ import pathlib
 import shutil
 
 from hirelc_jax import config as config_io
+from hirelc_jax import distributed
 from hirelc_jax.config import Config
 
 LOCK = ".lock"
@@ -39,6 +41,30 @@ def claim(out_dir: pathlib.Path, config: Config, resume: bool):
       (without `resume`), or holds no run or another run's settings (with `resume`).
   """
   out_dir = pathlib.Path(out_dir)
+  if not distributed.writes():   # process 0 claims the folder for the whole cluster
+    if not distributed.agree(False):
+      raise ValueError(f"process 0 refused output directory {out_dir}; see its error")
+    yield None
+    return
+  try:
+    fd = _lock(out_dir)
+    try:
+      note = check_contents(out_dir, config, resume)
+    except ValueError:
+      os.close(fd)
+      raise
+  except ValueError:
+    distributed.agree(False)
+    raise
+  distributed.agree(True)
+  try:
+    yield note
+  finally:
+    os.close(fd)   # closing the last descriptor releases the lock
+
+
+def _lock(out_dir: pathlib.Path) -> int:
+  """The descriptor of `out_dir/.lock`, locked, with this process's id written in it."""
   try:
     out_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(out_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
@@ -46,17 +72,15 @@ def claim(out_dir: pathlib.Path, config: Config, resume: bool):
     raise ValueError(f"output directory {out_dir} is not writable ({err.strerror}); "
                      "choose another with --output-dir") from None
   try:
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-      raise ValueError(f"output directory {out_dir} is in use by another run (process {holder}); "
-                       "wait for it to end or choose another --output-dir") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
-    yield check_contents(out_dir, config, resume)
-  finally:
-    os.close(fd)   # closing the last descriptor releases the lock
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+    os.close(fd)
+    raise ValueError(f"output directory {out_dir} is in use by another run (process {holder}); "
+                     "wait for it to end or choose another --output-dir") from None
+  os.ftruncate(fd, 0)
+  os.pwrite(fd, str(os.getpid()).encode(), 0)
+  return fd
 
 
 def completed(out_dir: pathlib.Path) -> int:

@@ -43,10 +43,11 @@ def target_dir(out_dir: pathlib.Path, target: float) -> pathlib.Path:
 
 def sweep(config, targets, out_dir: pathlib.Path, *, resume: bool = False, quiet: bool = False,
           echo=print, schedule: str = "default") -> dict:
-  """Runs one search per target (see the module doc) and writes the front; returns sweep.json's dict."""
+  """Runs one search per target (see the module doc) and writes the front; returns sweep.json's
+  dict (None on every process but 0, which alone writes)."""
   import jax
   from hirelc_jax import cycle as cycle_
-  from hirelc_jax import evaluation, experiment, run_dir, run_state
+  from hirelc_jax import distributed, evaluation, experiment, run_dir, run_state
   from hirelc_jax.compression.plan import stack_plans
 
   targets = check_targets(targets)
@@ -58,13 +59,15 @@ def sweep(config, targets, out_dir: pathlib.Path, *, resume: bool = False, quiet
     if resume and saved.exists() and tuple(json.loads(saved.read_text())) != targets:
       raise ValueError(f"--resume: the sweep in {out_dir} has targets {json.loads(saved.read_text())}, "
                        f"not {list(targets)}; repeat its original --targets")
-    saved.write_text(json.dumps(list(targets)))
+    if distributed.writes():
+      saved.write_text(json.dumps(list(targets)))
     shared = experiment.begin(config, out_dir, inputs, None, resume, quiet, echo, note)
     searches = [shared.search.for_target(t) for t in targets]
     logs = [_target_log(shared.log, t) for t in targets]
     states, done = [], []
     for t, search_ in zip(targets, searches):
-      (target_dir(out_dir, t) / "checkpoints").mkdir(parents=True, exist_ok=True)
+      if distributed.writes():
+        (target_dir(out_dir, t) / "checkpoints").mkdir(parents=True, exist_ok=True)
       state, n = experiment.resume_cycles(search_, shared.state, target_dir(out_dir, t) / "checkpoints",
                                           shared, resume)
       states.append(state)
@@ -88,6 +91,8 @@ def sweep(config, targets, out_dir: pathlib.Path, *, resume: bool = False, quiet
     shared.phases["cycles"] = time.perf_counter() - start
     reports = [experiment.conclude(shared, s, st, target_dir(out_dir, t), schedule)
                for t, s, st in zip(targets, searches, states)]
+    if not distributed.writes():
+      return None
     return write_front(out_dir, targets, reports, finetunes, shared.phases["cycles"])
 
 
@@ -172,6 +177,7 @@ def main(argv=None) -> int:
     if args.target_accuracy_drop is not None:
       raise ValueError("--target-accuracy-drop is one target; a sweep takes --targets only")
     targets = check_targets(args.targets)
+    run_cli.join_cluster(args)
     cfg = run_cli.resolve_config(args)
     out = pathlib.Path(f"{run_cli.output_path(cfg)}-sweep")
     run_cli.note_cpu(args.quiet)

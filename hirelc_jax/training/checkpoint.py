@@ -11,15 +11,35 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from hirelc_jax import distributed
+
+
+def _alone() -> ocp.StandardCheckpointer:
+  """A checkpointer that acts for this process alone (orbax would otherwise wait for every
+  process at each save and restore; here every tree is host data, the same on all of them)."""
+  me = jax.process_index()
+  return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+      primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"process{me}"))
+
 
 def save_tree(path: str | pathlib.Path, tree: Any, *, meta: dict | None = None) -> None:
-  """Writes `tree` to directory `path` (atomically: a temp dir renamed at the end)."""
+  """Writes `tree` to directory `path` (atomically: a temp dir renamed at the end).
+
+  With several processes, every one calls this with the same tree: process 0
+  writes it and the others wait until it is written, so any may read it next.
+  """
   path = pathlib.Path(path).absolute()
+  if distributed.writes():
+    _write(path, tree, meta)
+  distributed.sync(f"saved {path}")
+
+
+def _write(path: pathlib.Path, tree: Any, meta: dict | None) -> None:
   tmp = path.with_name(path.name + ".tmp")
   if tmp.exists():
     shutil.rmtree(tmp)
   tmp.mkdir(parents=True)
-  with ocp.StandardCheckpointer() as ckpt:
+  with _alone() as ckpt:
     ckpt.save(tmp / "tree", jax.tree.map(np.asarray, tree))
     ckpt.wait_until_finished()
   (tmp / "meta.json").write_text(json.dumps(meta or {}, indent=2))
@@ -44,7 +64,7 @@ def load_tree(path: str | pathlib.Path, like: Any | None = None) -> Any:
   if not item.exists():
     raise ValueError(f"checkpoint {path} does not exist")
   try:
-    with ocp.StandardCheckpointer() as ckpt:
+    with _alone() as ckpt:
       target = None if like is None else jax.tree.map(
           lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
           if not isinstance(x, jax.ShapeDtypeStruct) else x, like)

@@ -30,11 +30,27 @@ class Placement:
 
   def shard(self, tree, axis: int = 0):
     """Every leaf split along `axis` over the devices (its length must divide by `size`)."""
-    return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec(*([None] * axis), AXIS)))
+    return self._put(tree, PartitionSpec(*([None] * axis), AXIS))
 
   def replicate(self, tree):
     """Every leaf copied whole onto every device of the mesh."""
-    return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec()))
+    return self._put(tree, PartitionSpec())
+
+  def _put(self, tree, spec: PartitionSpec):
+    """`tree` placed by `spec`. With several processes, each puts only the slices its own
+    devices hold, from its own copy of the host data (every process has the same: see
+    `hirelc_jax.distributed`); `jax.device_put` would first gather every process's copy of
+    the whole input to check that they agree, at every batch."""
+    sharding = NamedSharding(self.mesh, spec)
+    if jax.process_count() == 1:
+      return jax.device_put(tree, sharding)
+
+    def put(x):
+      if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return jax.device_put(x, sharding)   # already spread over the processes: a reshard
+      host = np.asarray(x)
+      return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+    return jax.tree.map(put, tree)
 
   def round_up(self, n: int) -> int:
     """The smallest multiple of the device count that is at least `n`."""
@@ -55,12 +71,15 @@ class Placement:
 
 
 def make_placement(devices: Optional[int] = None) -> Placement:
-  """A mesh over the first `devices` devices (None: all of them, every host's).
+  """A mesh over the first `devices` devices (None: all of them, every process's).
 
   Raises:
     ValueError: when `devices` is not between 1 and the number there are.
   """
   available = jax.devices()
+  if devices is not None and jax.process_count() > 1 and devices != len(available):
+    raise ValueError(f"devices={devices}, but {jax.process_count()} processes share {len(available)} devices; "
+                     "several processes use them all: leave devices unset")
   if devices is not None and not 1 <= devices <= len(available):
     raise ValueError(f"devices={devices}, but {len(available)} "
                      f"{'is' if len(available) == 1 else 'are'} available; use 1 to {len(available)}")

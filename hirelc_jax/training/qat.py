@@ -13,6 +13,7 @@ from hirelc_jax.compression.kernel_map import KernelMap
 from hirelc_jax.compression.plan import CompressionPlan
 from hirelc_jax.data.pipeline import num_examples, pad_to_batches, take
 from hirelc_jax.training import loop
+from hirelc_jax.distributed import fetch
 from hirelc_jax.training.placement import Placement, pad_plans
 from hirelc_jax.training.task import CLASSIFICATION, Task
 
@@ -126,7 +127,7 @@ def make_evaluate_plans(module, kmap: KernelMap, task: Task = CLASSIFICATION,
     compressed = compress_all(params, plans)
     totals = sum(batch_total(compressed, model_state, take(xs, k), take(ys, k), valid[k])
                  for k in range(np.shape(valid)[0]))
-    return totals[:n]
+    return fetch(totals)[:n]   # the plans' totals from every process's devices
 
   return evaluate_plans
 

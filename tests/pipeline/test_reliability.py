@@ -108,17 +108,22 @@ def test_metrics_are_strict_json_and_a_resumed_session_is_marked(tmp_path):
   assert second["resumed"] is True and second["acc"] == [88.5]
 
 
-def test_sigterm_exits_with_the_resume_message(tmp_path, smoke_cache):
+@pytest.mark.parametrize("signum, code, said", [(signal.SIGTERM, 143, "terminated (SIGTERM)"),
+                                                 (signal.SIGINT, 130, "interrupted")])
+def test_a_signal_exits_with_the_resume_message(signum, code, said, tmp_path, smoke_cache):
   env = {**os.environ, "HIRELC_JAX_CACHE": str(smoke_cache)}
+  # A shell's background job (CI started with `&`) inherits SIGINT ignored; restore the default
+  # so the child's Python installs its KeyboardInterrupt handler.
   proc = subprocess.Popen([sys.executable, "-m", "hirelc_jax.run"] + SMOKE + ["--output-dir", str(tmp_path)],
-                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   started = tmp_path / "vit_mu-digits-s0" / "metrics.jsonl"
   deadline = time.time() + 300
   while not started.exists() and proc.poll() is None and time.time() < deadline:
     time.sleep(0.1)
-  proc.send_signal(signal.SIGTERM)
+  proc.send_signal(signum)
   _, err = proc.communicate(timeout=300)
-  assert proc.returncode == 143 and "terminated (SIGTERM)" in err and "--resume" in err, err
+  assert proc.returncode == code and said in err and "--resume" in err, err
 
 
 def test_api_refuses_non_finite_parameters_and_inconsistent_arrays(tmp_path):

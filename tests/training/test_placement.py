@@ -62,3 +62,22 @@ def test_sharded_evaluation_of_a_padded_last_batch_is_exact():
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=3"}
   out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_a_cluster_is_named_whole_or_not_at_all(monkeypatch):
+  from hirelc_jax import distributed
+  for var in distributed.ENV.values():
+    monkeypatch.delenv(var, raising=False)
+  assert distributed.cluster_from(None, None, None) is None
+  assert distributed.cluster_from("h:1", 2, 1) == {"coordinator_address": "h:1", "num_processes": 2,
+                                                    "process_id": 1}
+  with pytest.raises(ValueError, match=r"--coordinator missing"):
+    distributed.cluster_from(None, 2, 0)
+  with pytest.raises(ValueError, match=r"--process-id 2 with --num-processes 2: the id must be 0 to 1"):
+    distributed.cluster_from("h:1", 2, 2)
+  monkeypatch.setenv("HIRELC_NUM_PROCESSES", "two")
+  with pytest.raises(ValueError, match=r"HIRELC_NUM_PROCESSES='two' is not an integer"):
+    distributed.cluster_from("h:1", None, 0)
+  monkeypatch.setenv("HIRELC_NUM_PROCESSES", "3")
+  monkeypatch.setenv("HIRELC_PROCESS_ID", "2")
+  assert distributed.cluster_from("h:1", None, None)["num_processes"] == 3   # flags first, then variables
