@@ -10,14 +10,21 @@ EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"
 EXAMPLE = EXAMPLES / "custom_model.py"
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+  """One cache for the examples: the two MLPs' agents have the same shapes, so the second
+  example reuses the first one's compiled programs."""
+  return tmp_path_factory.mktemp("api_cache")
+
+
 def one_cycle(**overrides):
   """The smoke schedule with one search cycle: the examples' whole path at half the cost."""
   from hirelc_jax import config as C
   return C.override(C.preset("smoke"), {"search.cycles": "1", **overrides})
 
 
-def test_custom_model_example(tmp_path, monkeypatch):
-  monkeypatch.setenv("HIRELC_JAX_CACHE", str(tmp_path / "cache"))
+def test_custom_model_example(tmp_path, monkeypatch, cache):
+  monkeypatch.setenv("HIRELC_JAX_CACHE", str(cache))
   spec = importlib.util.spec_from_file_location("custom_model", EXAMPLE)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -29,10 +36,10 @@ def test_custom_model_example(tmp_path, monkeypatch):
   assert (tmp_path / "out" / "report.json").is_file()
 
 
-def test_custom_nnx_model_example_and_its_rebuilt_module(tmp_path, monkeypatch):
+def test_custom_nnx_model_example_and_its_rebuilt_module(tmp_path, monkeypatch, cache):
   """An NNX module in, its compressed weights back in an NNX module whose test accuracy is the
   report's final accuracy (the same weights, the same forward pass)."""
-  monkeypatch.setenv("HIRELC_JAX_CACHE", str(tmp_path / "cache"))
+  monkeypatch.setenv("HIRELC_JAX_CACHE", str(cache))
   spec = importlib.util.spec_from_file_location("custom_nnx_model", EXAMPLES / "custom_nnx_model.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -42,10 +49,10 @@ def test_custom_nnx_model_example_and_its_rebuilt_module(tmp_path, monkeypatch):
   assert rebuilt_accuracy == pytest.approx(report["final_accuracy"], abs=1e-6)
 
 
-def test_custom_sequence_model_example_with_its_own_loss_and_metric(tmp_path, monkeypatch):
+def test_custom_sequence_model_example_with_its_own_loss_and_metric(tmp_path, monkeypatch, cache):
   """Token sequences in a pytree, pytree targets, the user's loss and metric: the run reports
   the user's metric by name, and the exported weights score the reported final metric."""
-  monkeypatch.setenv("HIRELC_JAX_CACHE", str(tmp_path / "cache"))
+  monkeypatch.setenv("HIRELC_JAX_CACHE", str(cache))
   spec = importlib.util.spec_from_file_location("custom_sequence_model", EXAMPLES / "custom_sequence_model.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
