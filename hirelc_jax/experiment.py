@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hirelc_jax import cycle as cycle_
-from hirelc_jax import distributed
+from hirelc_jax import distributed, interrupts
 from hirelc_jax import knapsack, policy, run_dir, run_state, search
 from hirelc_jax.state import Evaluation, SearchState
 from hirelc_jax.agents import budget_env, error_table, kernel_env, proxies
@@ -46,6 +46,7 @@ class EventLog:
     self.path, self.echo, self.resumed = path, echo, resumed
 
   def __call__(self, event: str, **fields):
+    interrupts.check()
     if not distributed.writes():
       return
     record = {"event": event, "time": round(time.time(), 3), **({"resumed": True} if self.resumed else {}),

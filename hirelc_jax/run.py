@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import signal
 import sys
-import threading
 
+from hirelc_jax import interrupts
 from hirelc_jax.data import DATASET_NAMES
 from hirelc_jax.models import MODEL_NAMES
 
@@ -95,27 +94,15 @@ def output_path(cfg) -> pathlib.Path:
   return pathlib.Path(cfg.output_dir) / f"{cfg.model.name}-{cfg.data.name}-s{cfg.seed}"
 
 
-class Terminated(SystemExit):
-  """SIGTERM, raised in the main thread like SIGINT's KeyboardInterrupt. Not an Exception, so
-  no `except Exception` on the way swallows it; a SystemExit, so neither does an asyncio
-  callback (orbax restores through asyncio, which logs and drops any other BaseException:
-  a SIGTERM that landed there once let the run finish with status 0)."""
-  code = 143
-
-
-def _terminate(signum, frame):
-  raise Terminated
-
-
 def guarded(work, debug: bool) -> int:
-  """Runs `work()` with SIGTERM raised as `Terminated`; returns the exit status: 0, 130 or
-  143 when interrupted (every completed cycle is saved), 2 with a one-line error on bad input."""
-  main_thread = threading.current_thread() is threading.main_thread()   # signals need the main thread
-  previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+  """Runs `work()` with SIGINT and SIGTERM watched (`hirelc_jax.interrupts`); returns the exit
+  status: 0, 130 or 143 when interrupted (every completed cycle is saved), 2 with a one-line
+  error on bad input."""
   try:
-    work()
+    with interrupts.watched():
+      work()
     return 0
-  except (KeyboardInterrupt, Terminated) as err:
+  except (KeyboardInterrupt, interrupts.Terminated) as err:
     what = "interrupted" if isinstance(err, KeyboardInterrupt) else "terminated (SIGTERM)"
     print(f"\n{what}: every completed cycle is saved; rerun the same command with --resume", file=sys.stderr)
     return 130 if isinstance(err, KeyboardInterrupt) else 143
@@ -124,9 +111,6 @@ def guarded(work, debug: bool) -> int:
       raise
     print(f"error: {err}", file=sys.stderr)
     return 2
-  finally:
-    if main_thread:
-      signal.signal(signal.SIGTERM, previous)
 
 
 def join_cluster(args) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 import optax
 from flax import struct
 
+from hirelc_jax import interrupts
 from hirelc_jax.data.pipeline import num_examples, pad_to_batches, take
 from hirelc_jax.training.placement import Placement, pad_axis
 from hirelc_jax.training.progress import progress
@@ -236,6 +237,7 @@ def fit(module, trainable, model_state, aux, params_fn: ParamsFn, data, config: 
   chunks_per_epoch = max(1, steps_per_epoch // chunk_len)
   bar = progress(total=total_chunks, desc=desc, disable=quiet)
   for c in range(total_chunks):
+    interrupts.check()
     need = chunk_len * config.batch_size
     while len(order) < need:
       order = np.concatenate([order, rng.permutation(n_train)])

@@ -1,5 +1,6 @@
 """One run per output folder, checks before anything is written, strict metrics, a user's bad inputs."""
 
+import gc
 import json
 import os
 import pathlib
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from hirelc_jax import config as C
+from hirelc_jax import interrupts
 from hirelc_jax import run as cli
 from hirelc_jax import run_dir
 
@@ -148,14 +150,30 @@ def test_sigterm_inside_an_asyncio_callback_still_stops_the_run():
   """orbax restores through asyncio, whose callbacks log and drop a BaseException that is not a
   SystemExit or KeyboardInterrupt; a SIGTERM landing there once let a run finish with status 0."""
   import asyncio
-  from hirelc_jax import run as cli
 
   async def wait_for_the_signal():
     asyncio.get_running_loop().call_soon(os.kill, os.getpid(), signal.SIGTERM)   # lands in a callback
     await asyncio.sleep(0.2)
-  previous = signal.signal(signal.SIGTERM, cli._terminate)
-  try:
-    with pytest.raises(cli.Terminated):
-      asyncio.run(wait_for_the_signal())
-  finally:
-    signal.signal(signal.SIGTERM, previous)
+  with pytest.raises(interrupts.Terminated), interrupts.watched():
+    asyncio.run(wait_for_the_signal())
+
+
+@pytest.mark.parametrize("signum, err", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, interrupts.Terminated)])
+def test_a_signal_a_gc_callback_swallowed_is_raised_again(signum, err):
+  """Python prints an exception raised in a garbage-collector callback as ignored and drops it (a
+  SIGINT in JAX's gc callback once let a run finish with status 0); `watched` raises it again."""
+  fired, went_on = [], []
+
+  def callback(phase, info):
+    if not fired:
+      fired.append(phase)
+      os.kill(os.getpid(), signum)
+      sum(range(10_000))   # the handler runs here, inside the callback
+  gc.callbacks.append(callback)
+  with pytest.raises(err), interrupts.watched():
+    try:
+      gc.collect()
+    finally:
+      gc.callbacks.remove(callback)
+    went_on.append(True)
+  assert fired and went_on
