@@ -54,6 +54,18 @@ def take(tree, index, axis: int = 0):
   return jax.tree.map(lambda x: jnp.take(x, index, axis=axis), tree)
 
 
+def serial_threefry(fn: Callable) -> Callable:
+  """`fn` called with `jax_threefry_partitionable` off. The agents draw random numbers at every
+  step; XLA compiles the partitionable threefry (JAX's default) into far more code, and these
+  programs are never sharded. Measured, a cold vit_mu smoke run on the 2-core CPU: the agents'
+  first cycle (mostly compiling) 165 s with it on, 97 s off (`benchmarks/README.md`)."""
+  @functools.wraps(fn)
+  def call(*args, **kwargs):
+    with jax.threefry_partitionable(False):
+      return fn(*args, **kwargs)
+  return call
+
+
 @struct.dataclass
 class Ensemble:
   """Runner states of one ensemble, one entry per algorithm group.
@@ -105,12 +117,13 @@ class EnsembleTrainer:
       draw = lambda salt: batched(lambda r, p: policy_action(r, p, salt, False))(params)(runner, params)
       return jax.vmap(draw)(salts)
 
-    self._init = {a: jax.jit(lambda k, p, a=a: batched(self.learners[a].init)(p)(k, p))
+    self._init = {a: serial_threefry(jax.jit(lambda k, p, a=a: batched(self.learners[a].init)(p)(k, p)))
                   for a in self.groups}
-    self._update = {a: jax.jit(lambda r, p, a=a: batched(self.learners[a].update)(p)(r, p))
+    self._update = {a: serial_threefry(jax.jit(lambda r, p, a=a: batched(self.learners[a].update)(p)(r, p)))
                     for a in self.groups}
-    self._greedy = jax.jit(lambda r, p: batched(lambda r_, p_: policy_action(r_, p_, 0, True))(p)(r, p))
-    self._sampled = jax.jit(sampled)
+    self._greedy = serial_threefry(jax.jit(
+        lambda r, p: batched(lambda r_, p_: policy_action(r_, p_, 0, True))(p)(r, p)))
+    self._sampled = serial_threefry(jax.jit(sampled))
 
   def _members(self, params, idx):
     """The env params of members `idx` (fields shared across the batch stay whole)."""
