@@ -50,12 +50,10 @@ class KernelMap:
     kernel_names: names of the kernel slots, e.g. ("qkv", "attn_proj", ...).
     num_blocks: number of blocks (plan rows).
     entries: the matched kernels, sorted by (block, kernel).
-    groups: tuples of entry indices sharing one (shape, has-bias) signature.
   """
   kernel_names: tuple[str, ...]
   num_blocks: int
   entries: tuple[KernelEntry, ...]
-  groups: tuple[tuple[int, ...], ...]
 
   @property
   def plan_shape(self) -> tuple[int, int]:
@@ -129,8 +127,4 @@ def build_kernel_map(params: Mapping, rules: Sequence[tuple[str, str]],
     sample = ", ".join("/".join(p) for p in list(flat)[:4])
     raise ValueError(f"no parameter path matched the kernel rules; paths look like: {sample}")
   entries.sort(key=lambda e: (e.block, e.kernel))
-  by_signature: dict = {}
-  for i, e in enumerate(entries):
-    by_signature.setdefault((e.shape, e.bias_path is not None), []).append(i)
-  return KernelMap(kernel_names, max(e.block for e in entries) + 1, tuple(entries),
-                   tuple(tuple(g) for g in by_signature.values()))
+  return KernelMap(kernel_names, max(e.block for e in entries) + 1, tuple(entries))

@@ -28,7 +28,7 @@ def hand_plan():
                    gran=[["uniform", "per_channel"], ["uniform", "asymmetric"]])
 
 
-def test_kernel_map_matches_first_rule_and_groups_by_shape():
+def test_kernel_map_matches_first_rule_in_block_and_kernel_order():
   kmap = build_kernel_map(small_params(), RULES, NAMES)
   assert kmap.plan_shape == (2, 2)
   assert [e.path for e in kmap.entries] == [
@@ -36,7 +36,6 @@ def test_kernel_map_matches_first_rule_and_groups_by_shape():
       ("block_1", "fc", "kernel"), ("block_1", "proj", "kernel")]
   assert kmap.entries[0].bias_path == ("block_0", "fc", "bias")
   assert kmap.entries[1].bias_path is None
-  assert sorted(kmap.groups) == [(0, 2), (1, 3)]
   assert kmap.present.all()
 
 
