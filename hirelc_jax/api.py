@@ -161,8 +161,9 @@ def compress(apply_fn: Callable, variables: Mapping | None, data: Dataset, *,
              loss_fn: Optional[Callable] = None, metric_fn: Optional[Callable] = None,
              metric_name: Optional[str] = None, config: Optional[Config] = None,
              output_dir: str | pathlib.Path = "runs/custom",
-             name: str = "custom", resume: bool = False, quiet: bool = True) -> dict:
-  """Runs the HiReLC search on a user's trained model; returns the report dict.
+             name: str = "custom", resume: bool = False, quiet: bool = True) -> dict | None:
+  """Runs the HiReLC search on a user's trained model; returns the report dict (None on every
+  process but 0 of a `jax.distributed` cluster).
 
   Args:
     apply_fn: `apply_fn(variables, x) -> logits` (a linen `module.apply` works,

@@ -192,8 +192,9 @@ def enable_compilation_cache() -> None:
 
 
 def run(config: Config, out_dir: pathlib.Path, *, resume: bool = False, quiet: bool = False,
-        echo=print, schedule: str = "default", setup: Setup | None = None) -> dict:
-  """Runs the whole search and writes every output into `out_dir`; returns report.json's dict.
+        echo=print, schedule: str = "default", setup: Setup | None = None) -> dict | None:
+  """Runs the whole search and writes every output into `out_dir`; returns report.json's dict
+  (None on every process but 0).
 
   `setup` (a user's model and data, see `hirelc_jax.api`) replaces the
   registry model, dataset and baseline training of `prepare`. Everything that
@@ -207,7 +208,7 @@ def run(config: Config, out_dir: pathlib.Path, *, resume: bool = False, quiet: b
 
 
 def _run(config: Config, out_dir: pathlib.Path, inputs, setup, resume: bool, quiet: bool, echo,
-         schedule: str, note) -> dict:
+         schedule: str, note) -> dict | None:
   shared = begin(config, out_dir, inputs, setup, resume, quiet, echo, note)
   ckpt_dir = out_dir / "checkpoints"
   t = time.perf_counter()
@@ -314,7 +315,7 @@ def resume_cycles(search_: Search, state: SearchState, ckpt_dir: pathlib.Path, s
 
 
 def conclude(shared: Shared, search_: Search, state: SearchState, out_dir: pathlib.Path,
-             schedule: str) -> dict:
+             schedule: str) -> dict | None:
   """Chooses the cycle (held-out half, with the margin), measures it on test once and writes
   the report, plots and export into `out_dir`; returns report.json's dict (None on every
   process but 0, which alone writes)."""

@@ -42,7 +42,7 @@ def target_dir(out_dir: pathlib.Path, target: float) -> pathlib.Path:
 
 
 def sweep(config, targets, out_dir: pathlib.Path, *, resume: bool = False, quiet: bool = False,
-          echo=print, schedule: str = "default") -> dict:
+          echo=print, schedule: str = "default") -> dict | None:
   """Runs one search per target (see the module doc) and writes the front; returns sweep.json's
   dict (None on every process but 0, which alone writes)."""
   import jax
