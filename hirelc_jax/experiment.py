@@ -184,7 +184,8 @@ def warmup(search_: Search, key, log: EventLog, quiet: bool):
 def enable_compilation_cache() -> None:
   """Persists XLA compilations under the cache root, so a second run skips compiling: all of
   them, since a run compiles ~500 programs under 0.5 s (30 s of its compiling on the 2-core CPU;
-  a warm vit_mu smoke run took 120 s caching only those over 0.5 s, 89 s caching all)."""
+  a warm vit_mu smoke run took 93 s caching only those over 0.5 s, 64 s caching all;
+  `benchmarks/results/compile_time.json`)."""
   path = baseline.cache_root() / "xla"
   path.mkdir(parents=True, exist_ok=True)
   jax.config.update("jax_compilation_cache_dir", str(path))

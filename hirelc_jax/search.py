@@ -58,7 +58,8 @@ def serial_threefry(fn: Callable) -> Callable:
   """`fn` called with `jax_threefry_partitionable` off. The agents draw random numbers at every
   step; XLA compiles the partitionable threefry (JAX's default) into far more code, and these
   programs are never sharded. Measured, a cold vit_mu smoke run on the 2-core CPU: the agents'
-  first cycle (mostly compiling) 165 s with it on, 97 s off (`benchmarks/README.md`)."""
+  first cycle (mostly compiling) 165 s with it on, 91 s off
+  (`benchmarks/results/compile_time.json`)."""
   @functools.wraps(fn)
   def call(*args, **kwargs):
     with jax.threefry_partitionable(False):
