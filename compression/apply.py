@@ -146,7 +146,7 @@ def apply_plan(params: Mapping, plan: CompressionPlan, kmap: KernelMap, *,
   flat = dict(traverse_util.flatten_dict(dict(params)))
   step_list = list(steps) if steps is not None else [None] * len(kmap.entries)
   results = map_entries(kmap, plan, compress_kernel,
-                       [_leaves(flat, kmap), _leaves(flat, kmap, "bias_path"), list(masks), step_list])
+                        [_leaves(flat, kmap), _leaves(flat, kmap, "bias_path"), list(masks), step_list])
   for entry, (w, bias) in zip(kmap.entries, results):
     flat[entry.path] = w
     if entry.bias_path is not None:
