@@ -24,12 +24,16 @@ def machine(r) -> str:
 
 def section_apply(r):
   yield "## apply_plan on ViT-Tiny-shaped parameters (issue 2)\n"
-  yield f"`python benchmarks/bench_apply_plan.py` — {machine(r)}.\n"
+  yield f"`python benchmarks/bench_apply_plan.py` — {machine(r)}" + (f", code {r['code']}" if "code" in r else "") + ".\n"
   yield (f"12 blocks x (qkv [192, 576], attn_proj [192, 192], mlp_fc1 [192, 768], mlp_fc2 [768, 192]), "
          f"{r['weights']:,} weights; random plans over every bit width, format, granularity and keep ratio.\n")
   yield "| mode | plans/s | ms |\n|---|---|---|"
   yield f"| one plan per call | {r['plans_per_s_single']:,.1f} | {r['ms_per_plan_single']:.2f} per plan |"
   yield f"| vmapped batch of 64 | {r['plans_per_s_vmapped_batch64']:,.1f} | {r['ms_per_batch64']:.1f} per batch |\n"
+  if "ms_bandwidth_bound" in r:
+    yield (f"Memory-bandwidth bound: reading and writing every weight once in fp32 (a jitted scale-and-shift "
+           f"of the same arrays streams {r['stream_gb_per_s']:.1f} GB/s here) takes {r['ms_bandwidth_bound']:.2f} ms; "
+           f"one plan's apply_plan is {r['single_over_bound']:.1f}x that (target: within 5x).\n")
 
 
 def section_baselines(rows):
