@@ -9,9 +9,15 @@ import common, bench_scale as bs
 from hirelc_jax.compression import apply as A, quantize as Q
 from hirelc_jax.compression.plan import stack_plans, uniform_plan
 loop = A.map_entries
+def shape_groups(kmap):
+  """Entry indices sharing one (shape, has-bias) signature: what the vmap stacked."""
+  groups = {}
+  for i, e in enumerate(kmap.entries):
+    groups.setdefault((e.shape, e.bias_path is not None), []).append(i)
+  return list(groups.values())
 def vmapped(kmap, plan, fn, per_entry):
   out = [None] * len(kmap.entries)
-  for group in kmap.groups:
+  for group in shape_groups(kmap):
     blocks = np.array([kmap.entries[i].block for i in group]); kernels = np.array([kmap.entries[i].kernel for i in group])
     stacked = [None if seq[group[0]] is None else jnp.stack([seq[i] for i in group]) for seq in per_entry]
     fields = [f[blocks, kernels] for f in (plan.bits, plan.keep, plan.fmt, plan.gran)]
@@ -19,6 +25,19 @@ def vmapped(kmap, plan, fn, per_entry):
     for j, i in enumerate(group):
       out[i] = jax.tree.map(lambda r, j=j: r[j], result)
   return out
+def check_equal():
+  """The two give the same compressed weights (vit_mu, a random mixed plan)."""
+  spec, variables, kmap, _, _ = bs.model_parts("vit_mu")
+  plan = jax.tree.map(lambda a: a[0], bs.mixed_plans(kmap, 1))
+  out = {}
+  for name, mg in (("vmap", vmapped), ("loop", loop)):
+    A.map_entries = mg
+    out[name] = A.apply_plan(variables["params"], plan, kmap)
+  worst = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(out["vmap"]), jax.tree.leaves(out["loop"])))
+  assert worst < 1e-6, worst
+  print("vmap and loop agree on vit_mu: max |diff|", worst)
+if sys.argv[1:] == ["--check"]:
+  check_equal(); sys.exit()
 model = sys.argv[1]
 spec, variables, kmap, x, y = bs.model_parts(model)
 batch = (x[:bs.BATCH], y[:bs.BATCH])
