@@ -115,9 +115,8 @@ def compress_kernel(w, bias, mask, step, bits, keep, fmt, gran):
   Shapes: w [..., out], bias [out] or None, mask [out], step [out] or None.
   """
   del keep
-  w, bias = prune.apply_neuron_mask(w, bias, mask)
-  q = quantize.fake_quant(w, bits, fmt, gran, step)
-  return q * mask.astype(q.dtype), bias
+  q = quantize.fake_quant(w, bits, fmt, gran, step, mask)
+  return q, None if bias is None else bias * mask.astype(bias.dtype)
 
 
 def apply_plan(params: Mapping, plan: CompressionPlan, kmap: KernelMap, *,

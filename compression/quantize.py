@@ -241,10 +241,86 @@ def init_step(w: jax.Array, bits, fmt, *, channel_axis: int = -1) -> jax.Array:
   return jnp.where(_clamp_fmt(fmt) == codes.INT, int_step, float_step)
 
 
+def _clamped_codes(bits, fmt, gran) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(bits, format, granularity) as fake_quant reads them: out-of-range codes clamped, and
+  asymmetric with a minifloat format read as uniform."""
+  fmt_c = _clamp_fmt(fmt)
+  gran_c = jnp.clip(gran, 0, len(codes.GRANULARITIES) - 1)
+  gran_c = jnp.where((gran_c == codes.ASYMMETRIC) & (fmt_c != codes.INT), codes.UNIFORM, gran_c)
+  return bits, fmt_c, gran_c
+
+
+def _quantized_value(w: jax.Array, step: jax.Array, mask: jax.Array, bits, fmt, gran,
+                     channel_axis: int) -> jax.Array:
+  """``mask * Q(mask * w)`` (no gradient rules): one `lax.switch` over the granularities and
+  the identity (bits 32), the masking fused into each branch.
+
+  Shapes: w [..., out] float, step and mask [out] float32; bits, fmt, gran int32 scalars.
+  """
+  bits, fmt, gran = _clamped_codes(bits, fmt, gran)
+  _, reduce_axes, bshape = _channel_layout(w, channel_axis)
+  m = jnp.reshape(mask, bshape)
+  lim = grid_limit(bits, fmt)
+
+  quantizers = [None] * len(codes.GRANULARITIES)
+  quantizers[codes.UNIFORM] = lambda x: _symmetric(x, _div(jnp.max(jnp.abs(x)), lim), bits, fmt)
+  quantizers[codes.LOG] = lambda x: _log(x, bits)
+  quantizers[codes.PER_CHANNEL] = lambda x: _symmetric(
+      x, _div(jnp.max(jnp.abs(x), axis=reduce_axes, keepdims=True), lim), bits, fmt)
+  quantizers[codes.LEARNED] = lambda x: _symmetric(x, jnp.reshape(step, bshape), bits, fmt)
+  quantizers[codes.ASYMMETRIC] = lambda x: _asymmetric(x, bits)
+  quantizers.append(lambda x: x)  # bits 32: unquantized
+
+  def branch(quantizer):
+    return lambda: (quantizer(w.astype(jnp.float32) * m) * m).astype(w.dtype)
+
+  index = jnp.where(bits == codes.FP32_BITS, len(codes.GRANULARITIES), gran)
+  return lax.switch(index, [branch(q) for q in quantizers])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _fake_quant_ste(w, step, mask, bits, fmt, gran, channel_axis):
+  return _quantized_value(w, step, mask, bits, fmt, gran, channel_axis)
+
+
+def _fake_quant_fwd(w, step, mask, bits, fmt, gran, channel_axis):
+  return (_quantized_value(w, step, mask, bits, fmt, gran, channel_axis),
+          (w, step, mask, bits, fmt, gran))
+
+
+def _fake_quant_bwd(channel_axis, residuals, g):
+  """``mask * g`` for every mode but learned; learned differentiates `_symmetric` (clipped
+  STE wrt w, LSQ wrt the step). Only the inputs are kept, so the forward pass stores nothing."""
+  w, step, mask, bits, fmt, gran = residuals
+  bits, fmt, gran = _clamped_codes(bits, fmt, gran)
+  _, _, bshape = _channel_layout(w, channel_axis)
+  m = jnp.reshape(mask, bshape)
+
+  def learned():
+    def value(w_, step_):
+      q = _symmetric(w_.astype(jnp.float32) * m, jnp.reshape(step_, bshape), bits, fmt)
+      return (q * m).astype(w.dtype)
+    return jax.vjp(value, w, step)[1](g)
+
+  def straight():
+    return g * m.astype(g.dtype), jnp.zeros_like(step)
+
+  g_w, g_step = lax.cond((gran == codes.LEARNED) & (bits != codes.FP32_BITS), learned, straight)
+  return g_w, g_step, None, None, None, None
+
+
+_fake_quant_ste.defvjp(_fake_quant_fwd, _fake_quant_bwd)
+
+
 @functools.partial(jax.jit, static_argnames=("channel_axis",))
-def fake_quant(w: jax.Array, bits, fmt, gran, step: jax.Array | None = None, *,
-               channel_axis: int = -1) -> jax.Array:
+def fake_quant(w: jax.Array, bits, fmt, gran, step: jax.Array | None = None,
+               mask: jax.Array | None = None, *, channel_axis: int = -1) -> jax.Array:
   """Quantizes and dequantizes a kernel; one compiled function for all codes.
+
+  The gradient is a custom VJP that keeps only the inputs: a `lax.switch`
+  differentiated by JAX would store every branch's residuals (zero-filled,
+  kernel-sized) in the forward pass and run every branch's transpose
+  (measured in `benchmarks/results/scale.json`).
 
   Args:
     w: float kernel of rank >= 1, e.g. ``[in, out]`` or ``[h, w, in, out]``.
@@ -253,55 +329,30 @@ def fake_quant(w: jax.Array, bits, fmt, gran, step: jax.Array | None = None, *,
     gran: int32 scalar granularity code, `codes.GRANULARITIES` (traced).
     step: float learned step ``[w.shape[channel_axis]]``, read only by the
       learned granularity; None uses `init_step` (without gradient).
+    mask: output-neuron mask ``[w.shape[channel_axis]]`` (1 keep, 0 prune),
+      applied to `w` before quantizing and to the result (pruned neurons stay
+      exactly zero under every grid); None keeps every neuron.
     channel_axis: the output-channel axis (static).
 
   Returns:
     Array of `w`'s shape and dtype. Non-learned modes have the straight-through
-    gradient (identity) wrt `w`; learned has the clipped STE wrt `w` and the
-    LSQ gradient wrt `step`.
+    gradient (the mask) wrt `w`; learned has the clipped STE wrt `w` and the
+    LSQ gradient wrt `step`. The mask gets no gradient.
   """
   chex.assert_type(w, float)
   chex.assert_rank(w, {1, 2, 3, 4, 5})
   bits, fmt, gran = (jnp.asarray(c, jnp.int32) for c in (bits, fmt, gran))
   chex.assert_rank([bits, fmt, gran], 0)
-  axis, reduce_axes, bshape = _channel_layout(w, channel_axis)
-  w32 = w.astype(jnp.float32)
+  axis = channel_axis % w.ndim
+  mask = jnp.ones((w.shape[axis],), jnp.float32) if mask is None else jnp.asarray(mask, jnp.float32)
+  chex.assert_shape(mask, (w.shape[axis],))
   if step is None:
-    step = lax.stop_gradient(init_step(w32, bits, fmt, channel_axis=channel_axis))
+    _, _, bshape = _channel_layout(w, axis)
+    masked = w.astype(jnp.float32) * jnp.reshape(mask, bshape)
+    step = lax.stop_gradient(init_step(masked, bits, fmt, channel_axis=axis))
   else:
     chex.assert_shape(step, (w.shape[axis],))
-  step_b = jnp.reshape(jnp.asarray(step, jnp.float32), bshape)
-
-  fmt_c = _clamp_fmt(fmt)
-  gran_c = jnp.clip(gran, 0, len(codes.GRANULARITIES) - 1)
-  gran_c = jnp.where((gran_c == codes.ASYMMETRIC) & (fmt_c != codes.INT), codes.UNIFORM, gran_c)
-  lim = grid_limit(bits, fmt_c)
-
-  def uniform():
-    return _ste(w32, _symmetric(w32, _div(jnp.max(jnp.abs(w32)), lim), bits, fmt_c))
-
-  def log():
-    return _ste(w32, _log(w32, bits))
-
-  def per_channel():
-    absmax = jnp.max(jnp.abs(w32), axis=reduce_axes, keepdims=True)
-    return _ste(w32, _symmetric(w32, _div(absmax, lim), bits, fmt_c))
-
-  def learned():
-    return _symmetric(w32, step_b, bits, fmt_c)
-
-  def asymmetric():
-    return _ste(w32, _asymmetric(w32, bits))
-
-  branches = [None] * len(codes.GRANULARITIES)
-  branches[codes.UNIFORM], branches[codes.LOG] = uniform, log
-  branches[codes.PER_CHANNEL], branches[codes.LEARNED] = per_channel, learned
-  branches[codes.ASYMMETRIC] = asymmetric
-
-  def quantized():
-    return lax.switch(gran_c, branches).astype(w.dtype)
-
-  return lax.cond(bits == codes.FP32_BITS, lambda: w, quantized)
+  return _fake_quant_ste(w, jnp.asarray(step, jnp.float32), lax.stop_gradient(mask), bits, fmt, gran, axis)
 
 
 @functools.partial(jax.jit, static_argnames=("channel_axis",))

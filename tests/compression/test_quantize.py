@@ -273,9 +273,48 @@ def test_learned_gradients(seed, bits, fmt):
   lim = float(quantize.grid_limit(*_i32(bits, fmt)))
   v = np.asarray(w) / np.asarray(step)
   inside = np.abs(v) < lim
-  assert not np.any(np.isclose(np.abs(v), lim))  # no ties at the clip boundary
+  hypothesis.assume(not np.any(np.isclose(np.abs(v), lim)))  # no ties at the clip boundary
   # d(clip(w / step) * step) / dw is 1 up to the rounding of step * (1 / step).
   np.testing.assert_allclose(np.asarray(g_w), np.where(inside, np.asarray(u), 0.0), rtol=1e-6, atol=0)
+
+
+_MASKED_GRADS = jax.jit(jax.grad(
+    lambda w, s, m, u, b, f, g: jnp.sum(quantize.fake_quant(w, b, f, g, s, m) * u), argnums=(0, 1)))
+
+
+@FEW
+@hypothesis.given(seed=st.integers(0, 2 ** 16), bits=st.integers(2, 8), fmt=st.integers(0, 2))
+def test_learned_gradients_closed_form_with_a_mask(seed, bits, fmt):
+  # q = m * round(clip(m * w / s, -lim, lim)) * s per output channel. The LSQ gradient wrt s
+  # sums u * (round(v) - v) inside the grid and u * clip(v) outside it; wrt w it is u inside
+  # and 0 outside or at a pruned neuron.
+  w = _weights(seed, (16, 8))
+  step = _fixed_step(w, bits, fmt) * 0.9
+  u = _weights(seed + 1, (16, 8))
+  mask = jnp.asarray(np.arange(8) % 3 != 1, jnp.float32)
+  g_w, g_s = _MASKED_GRADS(w, step, mask, u, *_i32(bits, fmt, codes.LEARNED))
+  lim = float(quantize.grid_limit(*_i32(bits, fmt)))
+  m, s, un = np.asarray(mask), np.asarray(step), np.asarray(u)
+  v = np.asarray(w) * m / s
+  inside = np.abs(v) < lim
+  hypothesis.assume(not np.any(np.isclose(np.abs(v), lim)))  # no ties at the clip boundary
+  rounded = np.asarray(_fq(jnp.asarray(w) * mask, bits, fmt, codes.LEARNED, step)) / s
+  expected_s = np.sum(un * m * np.where(inside, rounded - v, np.clip(v, -lim, lim)), axis=0)
+  # JAX sums u * round(v) and -u * w / s apart: terms up to lim * |u|, each within an ulp or two.
+  atol = 1e-6 * lim * np.max(np.sum(np.abs(un * m), axis=0))
+  np.testing.assert_allclose(np.asarray(g_s), expected_s, rtol=1e-5, atol=atol)
+  np.testing.assert_allclose(np.asarray(g_w), np.where(inside, un, 0.0) * m, rtol=1e-6, atol=0)
+
+
+def test_straight_through_gradient_is_the_mask():
+  w = _weights(0, (16, 8))
+  mask = jnp.asarray(np.arange(8) % 2, jnp.float32)
+  for gran in (codes.UNIFORM, codes.LOG, codes.PER_CHANNEL, codes.ASYMMETRIC):
+    g_w, g_s = _MASKED_GRADS(w, jnp.ones(8), mask, jnp.ones_like(w), *_i32(3, codes.INT, gran))
+    np.testing.assert_array_equal(np.asarray(g_w), np.broadcast_to(np.asarray(mask), w.shape))
+    np.testing.assert_array_equal(np.asarray(g_s), 0.0)
+  g_w, _ = _MASKED_GRADS(w, jnp.ones(8), mask, jnp.ones_like(w), *_i32(codes.FP32_BITS, 0, codes.LEARNED))
+  np.testing.assert_array_equal(np.asarray(g_w), np.broadcast_to(np.asarray(mask), w.shape))
 
 
 _STE_GRAD = jax.jit(jax.grad(lambda w, b, f, g: jnp.sum(quantize.fake_quant(w, b, f, g))))
