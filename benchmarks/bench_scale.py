@@ -2,8 +2,9 @@
 
 Parts (rows accumulate in benchmarks/results/scale.json; a rerun skips finished rows):
   qat      a plain training step against a QAT step (fake quantization of every kernel under
-           a plan, forward and backward) under a uniform INT2 plan and a random mixed plan,
-           interleaved in one process (batch 128, 28x28x1 random data).
+           a plan, forward and backward) under a uniform INT2 plan, a random mixed plan and a
+           uniform learned-step INT4 plan, interleaved in one process (batch 128, 28x28x1
+           random data).
   batched  K plans' QAT steps as one vmapped step against K single steps, K = 1, 2, 4, 8.
   devices  on 1, 2 and 4 forced host devices (each count in its own process): a data-parallel
            QAT step, evaluation images/s and candidate plans evaluated per second. On a CPU
@@ -89,18 +90,20 @@ def part_qat(model: str) -> list[dict]:
   batch = (x[:BATCH], y[:BATCH])
   runs = {"plain": stepper(spec, variables, kmap, *batch),
           "qat_int2": stepper(spec, variables, kmap, *batch, stack_plans([uniform_plan(*kmap.plan_shape, bits=2)])),
-          "qat_mixed": stepper(spec, variables, kmap, *batch, mixed_plans(kmap, 1))}
+          "qat_mixed": stepper(spec, variables, kmap, *batch, mixed_plans(kmap, 1)),
+          "qat_learned": stepper(spec, variables, kmap, *batch,
+                                 stack_plans([uniform_plan(*kmap.plan_shape, bits=4, gran="learned")]))}
   for run in runs.values():
     run()   # compile all first, then interleave the timings
   times = {name: [] for name in runs}
-  for _ in range(3):
+  for _ in range(5):
     for name, run in runs.items():
       times[name].append(common.timeit(run, repeats=3, min_time=2.0) / 4)
   ms = {name: 1e3 * float(np.median(t)) for name, t in times.items()}
   row = {"part": "qat", "model": model, **{f"{k}_step_ms": v for k, v in ms.items()},
-         "int2_over_plain": ms["qat_int2"] / ms["plain"], "mixed_over_plain": ms["qat_mixed"] / ms["plain"]}
-  print(f"{model}: plain {ms['plain']:.1f} ms, QAT INT2 {ms['qat_int2']:.1f} ms "
-        f"({row['int2_over_plain']:.2f}x), mixed {ms['qat_mixed']:.1f} ms ({row['mixed_over_plain']:.2f}x)")
+         **{f"{k[4:]}_over_plain": ms[k] / ms["plain"] for k in ms if k != "plain"}}
+  print(f"{model}: plain {ms['plain']:.1f} ms, " + ", ".join(
+      f"{k} {ms[k]:.1f} ms ({ms[k] / ms['plain']:.2f}x)" for k in ms if k != "plain"))
   return [row]
 
 
