@@ -21,6 +21,7 @@ import argparse
 import json
 import pathlib
 import sys
+import time
 
 import numpy as np
 
@@ -138,6 +139,7 @@ def merge(path: pathlib.Path, shards: list) -> None:
     have = {row_key(r) for r in result["rows"]}
     result["rows"] += [r for r in other["rows"] if row_key(r) not in have]
   result["summary"] = summarize(result["rows"], result["baseline"])
+  result["date"] = time.strftime("%Y-%m-%d %H:%M:%S")   # when rows were last added
   path.write_text(json.dumps(result, indent=2) + "\n")
   render(path)
 
@@ -187,7 +189,11 @@ def main() -> None:
                                                 **dict(a.split("=", 1) for a in args.set)})
   experiment.enable_compilation_cache()
   bench = qm.make_bench(evaluation.prepare(cfg, quiet=True, log=print))
-  rows = json.loads(path.read_text())["rows"] if path.exists() else []
+  previous = json.loads(path.read_text()) if path.exists() else {"rows": [], "baseline": bench.base}
+  if previous["baseline"] != bench.base:
+    raise SystemExit(f"{path} was measured on a baseline with accuracies {previous['baseline']}, this one has "
+                     f"{bench.base}; pass --results NAME to start a separate file")
+  rows = previous["rows"]
   done = {row_key(r) for r in rows}
   for method, seed, target in jobs(args.methods, args.seeds, args.targets):
     if (method, seed, target) in done:

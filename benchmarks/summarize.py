@@ -115,8 +115,9 @@ def cycle_breakdown(r):
   yield ""
 
 
-def section_quality(r, model):
-  yield f"## Quality against the strongest simple plans: {model} (issue 14)\n"
+def section_quality(r, name):
+  model = r["command"].split("--model ")[1].split()[0] if "--model " in r["command"] else "vit_tiny"
+  yield f"## Quality against the strongest simple plans: {name} (issue 14)\n"
   yield (f"`python benchmarks/bench_quality.py --model {model} --targets ...` (rows added as they finish) — "
          f"{machine(r)}. Equal budgets: 43 real pre-fine-tune evaluations and 4 QAT fine-tunes for every "
          "search and candidate baseline (the uniform grid fine-tunes each of its 24 points); every method "
@@ -124,8 +125,10 @@ def section_quality(r, model):
          "standard error below it (rows under the earlier point-estimate choice: "
          f"`results/superseded/quality_{model}_point_choice.md`). Drops are test-accuracy points against the shared "
          f"baseline ({r['baseline']['test']:.2f}% test); mean ± std over seeds. "
-         f"Plot: `benchmarks/results/quality_{model}_fronts.png`; methods: `benchmarks/quality_methods.py`.\n")
-  yield (RESULTS / f"quality_{model}.md").read_text().split("\n", 2)[2]   # the bench's own tables
+         f"Plot: `benchmarks/results/quality_{name}_fronts.png`; methods: `benchmarks/quality_methods.py`.\n")
+  if "note" in r:
+    yield r["note"] + "\n"
+  yield (RESULTS / f"quality_{name}.md").read_text().split("\n", 2)[2]   # the bench's own tables
 
 
 def section_growth(r):
@@ -187,15 +190,16 @@ def section_slim(r):
 def section_scale(r):
   yield "## Scale-out and the cost of QAT (issue 16)\n"
   yield (f"`python benchmarks/bench_scale.py` — batch {r['batch']}, 28x28x1 random data, code {r['code']}; "
-         f"{machine(r)}.\n")
+         f"{machine(r)}." + (f" {r['note']}" if "note" in r else "") + "\n")
   rows = r["rows"]
   if (qat := [x for x in rows if x["part"] == "qat"]):
     yield "A QAT step (every kernel fake-quantized under a plan, forward and backward) against a plain step:\n"
-    yield ("| model | plain step ms | QAT step ms, uniform INT2 | QAT step ms, random mixed plan | "
-           "QAT / plain (INT2, mixed) |\n|---|---|---|---|---|")
+    yield ("| model | plain step ms | QAT step ms, uniform INT2 | random mixed plan | uniform learned INT4 | "
+           "QAT / plain (INT2, mixed, learned); target 1.15x |\n|---|---|---|---|---|---|")
     for x in qat:
+      ratios = ", ".join(f"{x[k + '_over_plain']:.2f}x" for k in ("int2", "mixed", "learned"))
       yield (f"| {x['model']} | {x['plain_step_ms']:.1f} | {x['qat_int2_step_ms']:.1f} | {x['qat_mixed_step_ms']:.1f} | "
-             f"{x['int2_over_plain']:.2f}x, {x['mixed_over_plain']:.2f}x |")
+             f"{x['qat_learned_step_ms']:.1f} | {ratios} |")
     yield ""
   if (batched := [x for x in rows if x["part"] == "batched"]):
     yield "K plans' QAT steps as one vmapped step (`qat.finetune_many`) against K single steps:\n"
