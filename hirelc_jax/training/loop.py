@@ -16,7 +16,6 @@ from typing import Any, Callable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 import numpy as np
 import optax
 from flax import struct
@@ -94,12 +93,6 @@ def forward(module, params, model_state, x, *, train: bool):
   return module.apply(variables, x, train=train), model_state
 
 
-def per_run(fn: Callable) -> Callable:
-  """`fn(*args)` over the args' leading axis of runs, one run at a time (`lax.map`): each run's
-  plan then takes only its own `lax.switch` branches, where `vmap` computes all of them."""
-  return lambda *args: lax.map(lambda a: fn(*a), args)
-
-
 def make_train_step(module, tx: optax.GradientTransformation, params_fn: ParamsFn, *,
                     augment: Optional[Callable] = None, task: Task = CLASSIFICATION,
                     stacked: bool = False):
@@ -125,27 +118,14 @@ def make_train_step(module, tx: optax.GradientTransformation, params_fn: ParamsF
     trainable = optax.apply_updates(state.trainable, updates)
     return TrainState(trainable, new_model_state, opt_state, state.step + 1), loss
 
-  def update_runs(state, aux, x, y):
-    # The runs' parameters are compressed one run at a time (`per_run`), the forward and
-    # backward passes vmapped over the runs, and the gradients pulled back through each run's
-    # compression: under a vmap, every kernel's granularity switch would run all its branches.
-    compressed, pullback = jax.vjp(lambda t: per_run(params_fn)(t, aux), state.trainable)
-
-    def loss_of(params, model_state):
-      logits, new_state = forward(module, params, model_state, x, train=True)
-      return task.loss(logits, y), new_state
-    (loss, new_model_state), g_params = jax.vmap(jax.value_and_grad(loss_of, has_aux=True))(
-        compressed, state.model_state)
-    grads, = pullback(g_params)
-    updates, opt_state = jax.vmap(tx.update)(grads, state.opt_state, state.trainable)
-    trainable = jax.vmap(optax.apply_updates)(state.trainable, updates)
-    return TrainState(trainable, new_model_state, opt_state, state.step + 1), loss
+  if stacked:
+    update = jax.vmap(update, in_axes=(0, 0, None, None))
 
   @functools.partial(jax.jit, donate_argnums=(0,))
   def step(state, aux, x, y, key):
     if augment is not None:
       x = augment(key, x)
-    return (update_runs if stacked else update)(state, aux, x, y)
+    return update(state, aux, x, y)
 
   return step
 
@@ -163,7 +143,7 @@ def make_evaluate(module, params_fn: ParamsFn, task: Task = CLASSIFICATION,
   parameters replicated.
   """
   over_runs = jax.vmap if stacked else (lambda f, **_: f)
-  materialise = jax.jit(per_run(params_fn) if stacked else params_fn)
+  materialise = jax.jit(over_runs(params_fn))
 
   @jax.jit
   def batch_total(params, model_state, x, y, v):
