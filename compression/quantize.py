@@ -241,13 +241,13 @@ def init_step(w: jax.Array, bits, fmt, *, channel_axis: int = -1) -> jax.Array:
   return jnp.where(_clamp_fmt(fmt) == codes.INT, int_step, float_step)
 
 
-def _clamped_codes(bits, fmt, gran) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """(bits, format, granularity) as fake_quant reads them: out-of-range codes clamped, and
+def _clamped_codes(fmt, gran) -> tuple[jax.Array, jax.Array]:
+  """(format, granularity) as fake_quant reads them: out-of-range codes clamped, and
   asymmetric with a minifloat format read as uniform."""
   fmt_c = _clamp_fmt(fmt)
   gran_c = jnp.clip(gran, 0, len(codes.GRANULARITIES) - 1)
   gran_c = jnp.where((gran_c == codes.ASYMMETRIC) & (fmt_c != codes.INT), codes.UNIFORM, gran_c)
-  return bits, fmt_c, gran_c
+  return fmt_c, gran_c
 
 
 def _quantized_value(w: jax.Array, step: jax.Array, mask: jax.Array, bits, fmt, gran,
@@ -257,7 +257,7 @@ def _quantized_value(w: jax.Array, step: jax.Array, mask: jax.Array, bits, fmt, 
 
   Shapes: w [..., out] float, step and mask [out] float32; bits, fmt, gran int32 scalars.
   """
-  bits, fmt, gran = _clamped_codes(bits, fmt, gran)
+  fmt, gran = _clamped_codes(fmt, gran)
   _, reduce_axes, bshape = _channel_layout(w, channel_axis)
   m = jnp.reshape(mask, bshape)
   lim = grid_limit(bits, fmt)
@@ -292,7 +292,7 @@ def _fake_quant_bwd(channel_axis, residuals, g):
   """``mask * g`` for every mode but learned; learned differentiates `_symmetric` (clipped
   STE wrt w, LSQ wrt the step). Only the inputs are kept, so the forward pass stores nothing."""
   w, step, mask, bits, fmt, gran = residuals
-  bits, fmt, gran = _clamped_codes(bits, fmt, gran)
+  fmt, gran = _clamped_codes(fmt, gran)
   _, _, bshape = _channel_layout(w, channel_axis)
   m = jnp.reshape(mask, bshape)
 
