@@ -170,6 +170,13 @@ def pow2(k) -> jax.Array:
   return jax.lax.bitcast_convert_type((k + 127) << 23, jnp.float32)
 
 
+def float32_exponent(a: jax.Array) -> jax.Array:
+  """The unbiased exponent field of float32 ``a >= 0``: ``floor(log2 a)`` for normal `a`,
+  -127 for zero and subnormals, 128 for inf and NaN. int32, `a`'s shape."""
+  field = jax.lax.shift_right_logical(jax.lax.bitcast_convert_type(a, jnp.int32), 23)
+  return (field & 0xFF) - 127
+
+
 @jax.jit
 def minifloat_round(x: jax.Array, fmt, bits) -> jax.Array:
   """Rounds to the nearest value of a minifloat format (round half to even).
@@ -192,8 +199,9 @@ def minifloat_round(x: jax.Array, fmt, bits) -> jax.Array:
   params = format_params(fmt, bits)
   x32 = jnp.asarray(x, jnp.float32)
   a = jnp.minimum(jnp.abs(x32), params.max_finite)
-  _, ex = jnp.frexp(a)                     # a = m * 2**ex with m in [0.5, 1): exact.
-  e = jnp.maximum(ex - 1, params.min_normal_exp)  # floor(log2 a), subnormals share 1 - bias.
-  step = pow2(e - params.man_bits)
-  q = jnp.round(a / step) * step           # jnp.round rounds half to even.
+  # floor(log2 a) from the exponent field; float32 subnormals and zero read -127, below every
+  # format's smallest normal exponent, and minifloat subnormals share 1 - bias.
+  e = jnp.maximum(float32_exponent(a), params.min_normal_exp)
+  # Scaling by powers of two is exact, so this is round(a / step) * step without a division.
+  q = jnp.round(a * pow2(params.man_bits - e)) * pow2(e - params.man_bits)  # half to even
   return jnp.copysign(q, x32).astype(x.dtype)

@@ -3,8 +3,9 @@
 `fake_quant` returns the dequantized kernel (same shape and dtype) with a
 straight-through gradient. Bits, format code and granularity code are traced
 int32 scalars: one compiled function serves every combination (the
-granularity picks a `lax.switch` branch; INT versus minifloat is a
-`jnp.where`; bit-dependent constants come from lookup tables).
+granularity and INT versus minifloat pick a `lax.switch` branch, so a kernel
+computes only its own rounding; bit-dependent constants come from lookup
+tables).
 
 Kernels follow Flax: dense ``[in, out]``, conv ``[h, w, in, out]``; the output
 channel is the last axis (`channel_axis`), and per-channel statistics reduce
@@ -47,12 +48,17 @@ import functools
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from hirelc_jax.compression import codes
 from hirelc_jax.compression import formats
 
-_CANDIDATE_BITS = tuple(range(codes.MIN_BITS, codes.MAX_BITS + 1))
+_SQRT2_FLOOR = float(np.float32(np.sqrt(2.0)))  # the float32 just below sqrt(2)
+# `_quantized_value`'s branch by [granularity, minifloat format]: INT and minifloat rounding
+# of uniform, per-channel and learned grids are separate branches (only the chosen rounding is
+# computed), then log (format ignored) and asymmetric (INT only).
+_BRANCH = np.array([[0, 1], [6, 6], [2, 3], [4, 5], [7, 7]], np.int32)
 
 
 def _ste(x: jax.Array, y: jax.Array) -> jax.Array:
@@ -100,10 +106,18 @@ def grid_limit(bits, fmt) -> jax.Array:
                    formats.format_params(fmt, bits).max_finite)
 
 
-def _round_to_grid(v: jax.Array, bits, fmt) -> jax.Array:
-  """Rounds `v` (scale units, inside +-limit) to the INT or minifloat grid."""
-  fmt = _clamp_fmt(fmt)
-  return jnp.where(fmt == codes.INT, jnp.round(v), formats.minifloat_round(v, fmt, bits))
+def _round_to_grid(v: jax.Array, bits, fmt, integer: bool | None = None) -> jax.Array:
+  """Rounds `v` (scale units, inside +-limit) to the INT or minifloat grid.
+
+  `integer` True or False (static) computes only that rounding; None computes both and
+  selects by the traced `fmt`.
+  """
+  if integer:
+    return jnp.round(v)
+  minifloat = formats.minifloat_round(v, fmt, bits)
+  if integer is None:
+    return jnp.where(_clamp_fmt(fmt) == codes.INT, jnp.round(v), minifloat)
+  return minifloat
 
 
 def _channel_layout(w: jax.Array, channel_axis: int) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
@@ -114,7 +128,7 @@ def _channel_layout(w: jax.Array, channel_axis: int) -> tuple[int, tuple[int, ..
   return axis, reduce_axes, bshape
 
 
-def _symmetric(w: jax.Array, scale: jax.Array, bits, fmt) -> jax.Array:
+def _symmetric(w: jax.Array, scale: jax.Array, bits, fmt, integer: bool | None = None) -> jax.Array:
   """``round_ste(clip(w / scale)) * scale`` on the symmetric grid; zero scale gives 0.
 
   Args:
@@ -122,6 +136,7 @@ def _symmetric(w: jax.Array, scale: jax.Array, bits, fmt) -> jax.Array:
     scale: float32 scale broadcastable to `w` (scalar or per channel).
     bits: int32 scalar bit width.
     fmt: int32 scalar format code.
+    integer: the static rounding of `_round_to_grid` (None: by `fmt`).
 
   Returns:
     float32 array of `w`'s shape, differentiable wrt `w` (clipped STE) and
@@ -131,12 +146,12 @@ def _symmetric(w: jax.Array, scale: jax.Array, bits, fmt) -> jax.Array:
   safe = jnp.where(ok, scale, 1.0)
   lim = grid_limit(bits, fmt)
   v = jnp.clip(_div(w, safe), -lim, lim)
-  q = _ste(v, _round_to_grid(v, bits, fmt)) * safe
+  q = _ste(v, _round_to_grid(v, bits, fmt, integer)) * safe
   return jnp.where(ok, q, 0.0)
 
 
-def _log(w: jax.Array, bits) -> jax.Array:
-  """Sign plus levels ``s * 2**-k``, ``k`` in 0..L-1, and zero; ``s = max|w|``.
+def _log(w: jax.Array, bits, s: jax.Array) -> jax.Array:
+  """Sign plus levels ``s * 2**-k``, ``k`` in 0..L-1, and zero; ``s = max|w|`` (given).
 
   With ``r = fl(|w| / s)``: ``r < 2**-L`` gives 0 (a tie keeps the level;
   tested exactly as ``r * 2**L < 1``); otherwise ``k = clip(round(-log2 r), 0, L - 1)``. Between two
@@ -152,6 +167,7 @@ def _log(w: jax.Array, bits) -> jax.Array:
   Args:
     w: float32 kernel.
     bits: int32 scalar bit width.
+    s: float32 scalar ``max|w|``.
 
   Returns:
     float32 array of `w`'s shape on the export's log codes; nonzero values
@@ -159,12 +175,15 @@ def _log(w: jax.Array, bits) -> jax.Array:
   """
   levels = int_qmax(bits).astype(jnp.int32)  # L = 2**(b-1) - 1 nonzero magnitudes.
   a = jnp.abs(w)
-  s = jnp.max(a)
   safe_s = jnp.where(s > 0, s, 1.0)
   ratio = _div(a, safe_s)
   zero = ratio * formats.pow2(levels) < 1.0  # power-of-two scaling is exact
-  k = jnp.clip(jnp.round(jnp.log2(jnp.where(zero, 1.0, ratio))), -(levels - 1), 0)
-  mag = jnp.where(zero, 0.0, safe_s * formats.pow2(k.astype(jnp.int32)))
+  # round(log2 r) for r = m * 2**e, m in [1, 2): e, plus one when m > sqrt(2) (the geometric
+  # mean of 2**e and 2**(e+1); no float32 equals it). Exact, where a float log2 is not.
+  e = formats.float32_exponent(ratio)
+  up = ratio * formats.pow2(-e) > _SQRT2_FLOOR
+  k = jnp.clip(e + up.astype(jnp.int32), -(levels - 1), 0)
+  mag = jnp.where(zero, 0.0, safe_s * formats.pow2(k))
   return jnp.copysign(mag, w)
 
 
@@ -176,7 +195,7 @@ def _round_significand(x: jax.Array, keep) -> jax.Array:
   return lax.bitcast_convert_type(i, jnp.float32)
 
 
-def _asymmetric(w: jax.Array, bits) -> jax.Array:
+def _asymmetric(w: jax.Array, bits, lo: jax.Array, hi: jax.Array) -> jax.Array:
   """Per-tensor grid ``(c - z) * s``, codes ``c`` in 0..n, ``n = 2**b - 1``; idempotent.
 
   With ``lo, hi = min w, max w``, ``z = round(n * -lo / (hi - lo))`` is fixed
@@ -196,12 +215,12 @@ def _asymmetric(w: jax.Array, bits) -> jax.Array:
   Args:
     w: float32 kernel.
     bits: int32 scalar bit width.
+    lo, hi: float32 scalars ``min w`` and ``max w``.
 
   Returns:
     float32 array of `w`'s shape; `w` itself when ``hi == lo``.
   """
   n = formats.pow2(_clamp_bits(bits)) - 1.0
-  lo, hi = jnp.min(w), jnp.max(w)
   span = hi - lo
   ok = span > 0
   safe_span = jnp.where(ok, span, 1.0)
@@ -250,31 +269,55 @@ def _clamped_codes(fmt, gran) -> tuple[jax.Array, jax.Array]:
   return fmt_c, gran_c
 
 
-def _quantized_value(w: jax.Array, step: jax.Array, mask: jax.Array, bits, fmt, gran,
-                     channel_axis: int) -> jax.Array:
-  """``mask * Q(mask * w)`` (no gradient rules): one `lax.switch` over the granularities and
-  the identity (bits 32), the masking fused into each branch.
+def _learned_step(x: jax.Array, step: jax.Array | None, bits, fmt, channel_axis: int) -> jax.Array:
+  """The learned step broadcast to `x`; None means the LSQ initialisation from `x` (no gradient).
 
-  Shapes: w [..., out] float, step and mask [out] float32; bits, fmt, gran int32 scalars.
+  Computed inside the learned branch only: every other mode skips the pass over the kernel.
+  """
+  _, _, bshape = _channel_layout(x, channel_axis)
+  if step is None:
+    step = lax.stop_gradient(init_step(x, bits, fmt, channel_axis=channel_axis))
+  return jnp.reshape(step, bshape)
+
+
+def _quantized_value(w: jax.Array, step: jax.Array | None, mask: jax.Array, bits, fmt, gran,
+                     channel_axis: int) -> jax.Array:
+  """``mask * Q(mask * w)`` (no gradient rules): one `lax.switch` over the granularities (the
+  symmetric ones split by INT and minifloat rounding, `_BRANCH`) and the identity (bits 32),
+  the masking fused into each branch.
+
+  Shapes: w [..., out] float, step (or None) and mask [out] float32; bits, fmt, gran int32
+  scalars.
   """
   fmt, gran = _clamped_codes(fmt, gran)
   _, reduce_axes, bshape = _channel_layout(w, channel_axis)
   m = jnp.reshape(mask, bshape)
   lim = grid_limit(bits, fmt)
 
-  quantizers = [None] * len(codes.GRANULARITIES)
-  quantizers[codes.UNIFORM] = lambda x: _symmetric(x, _div(jnp.max(jnp.abs(x)), lim), bits, fmt)
-  quantizers[codes.LOG] = lambda x: _log(x, bits)
-  quantizers[codes.PER_CHANNEL] = lambda x: _symmetric(
-      x, _div(jnp.max(jnp.abs(x), axis=reduce_axes, keepdims=True), lim), bits, fmt)
-  quantizers[codes.LEARNED] = lambda x: _symmetric(x, jnp.reshape(step, bshape), bits, fmt)
-  quantizers[codes.ASYMMETRIC] = lambda x: _asymmetric(x, bits)
-  quantizers.append(lambda x: x)  # bits 32: unquantized
+  # Statistics of the masked kernel as m times those of `w` (exact for m >= 0): reducing `w`
+  # itself lets XLA:CPU read it once, where reducing the product wrote the product out first.
+  def col_absmax():
+    return jnp.max(jnp.abs(w.astype(jnp.float32)), axis=reduce_axes, keepdims=True) * m
+
+  def tensor_range():
+    w32 = w.astype(jnp.float32)
+    return (jnp.min(jnp.min(w32, axis=reduce_axes, keepdims=True) * m),
+            jnp.max(jnp.max(w32, axis=reduce_axes, keepdims=True) * m))
+
+  scales = {codes.UNIFORM: lambda x: _div(jnp.max(col_absmax()), lim),
+            codes.PER_CHANNEL: lambda x: _div(col_absmax(), lim),
+            codes.LEARNED: lambda x: _learned_step(x, step, bits, fmt, channel_axis)}
+  quantizers = [lambda x, scale=scale, integer=integer: _symmetric(x, scale(x), bits, fmt, integer)
+                for scale in scales.values() for integer in (True, False)]
+  quantizers += [lambda x: _log(x, bits, jnp.max(col_absmax())),
+                 lambda x: _asymmetric(x, bits, *tensor_range()),
+                 lambda x: x]  # bits 32: unquantized
 
   def branch(quantizer):
     return lambda: (quantizer(w.astype(jnp.float32) * m) * m).astype(w.dtype)
 
-  index = jnp.where(bits == codes.FP32_BITS, len(codes.GRANULARITIES), gran)
+  index = jnp.asarray(_BRANCH)[gran, (fmt != codes.INT).astype(jnp.int32)]
+  index = jnp.where(bits == codes.FP32_BITS, len(quantizers) - 1, index)
   return lax.switch(index, [branch(q) for q in quantizers])
 
 
@@ -298,12 +341,13 @@ def _fake_quant_bwd(channel_axis, residuals, g):
 
   def learned():
     def value(w_, step_):
-      q = _symmetric(w_.astype(jnp.float32) * m, jnp.reshape(step_, bshape), bits, fmt)
+      x = w_.astype(jnp.float32) * m
+      q = _symmetric(x, _learned_step(x, step_, bits, fmt, channel_axis), bits, fmt)
       return (q * m).astype(w.dtype)
     return jax.vjp(value, w, step)[1](g)
 
   def straight():
-    return g * m.astype(g.dtype), jnp.zeros_like(step)
+    return g * m.astype(g.dtype), jax.tree.map(jnp.zeros_like, step)
 
   g_w, g_step = lax.cond((gran == codes.LEARNED) & (bits != codes.FP32_BITS), learned, straight)
   return g_w, g_step, None, None, None, None
@@ -346,13 +390,10 @@ def fake_quant(w: jax.Array, bits, fmt, gran, step: jax.Array | None = None,
   axis = channel_axis % w.ndim
   mask = jnp.ones((w.shape[axis],), jnp.float32) if mask is None else jnp.asarray(mask, jnp.float32)
   chex.assert_shape(mask, (w.shape[axis],))
-  if step is None:
-    _, _, bshape = _channel_layout(w, axis)
-    masked = w.astype(jnp.float32) * jnp.reshape(mask, bshape)
-    step = lax.stop_gradient(init_step(masked, bits, fmt, channel_axis=axis))
-  else:
+  if step is not None:
     chex.assert_shape(step, (w.shape[axis],))
-  return _fake_quant_ste(w, jnp.asarray(step, jnp.float32), lax.stop_gradient(mask), bits, fmt, gran, axis)
+    step = jnp.asarray(step, jnp.float32)
+  return _fake_quant_ste(w, step, lax.stop_gradient(mask), bits, fmt, gran, axis)
 
 
 @functools.partial(jax.jit, static_argnames=("channel_axis",))
@@ -373,26 +414,3 @@ def quant_error(w: jax.Array, bits, fmt, gran, *, channel_axis: int = -1) -> jax
   den = jnp.linalg.norm(w32.ravel())
   num = jnp.linalg.norm((q - w32).ravel())
   return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
-
-
-@functools.partial(jax.jit, static_argnames=("channel_axis",))
-def select_bits(w: jax.Array, tol, fmt, gran, *, channel_axis: int = -1) -> jax.Array:
-  """Smallest bit width in 2..8 whose relative error is <= `tol`, else 32.
-
-  All seven candidates are evaluated at once with `jax.vmap`. When even 8 bits
-  misses the tolerance the kernel is kept unquantized (`codes.FP32_BITS`).
-
-  Args:
-    w: float kernel of rank >= 1.
-    tol: float scalar tolerance on `quant_error` (traced).
-    fmt, gran: int32 scalar codes (traced).
-    channel_axis: the output-channel axis (static).
-
-  Returns:
-    int32 scalar bit width.
-  """
-  chex.assert_type(w, float)
-  candidates = jnp.asarray(_CANDIDATE_BITS, jnp.int32)
-  errors = jax.vmap(lambda b: quant_error(w, b, fmt, gran, channel_axis=channel_axis))(candidates)
-  ok = errors <= tol
-  return jnp.where(jnp.any(ok), candidates[jnp.argmax(ok)], jnp.int32(codes.FP32_BITS))

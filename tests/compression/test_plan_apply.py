@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hirelc_jax.compression import accounting, apply, codes, quantize
+from hirelc_jax.compression import accounting, apply, codes, prune, quantize
 from hirelc_jax.compression.kernel_map import build_kernel_map
 from hirelc_jax.compression.plan import make_plan, stack_plans, uniform_plan
 
@@ -155,3 +155,19 @@ def test_nan_weights_and_wrong_plan_shape_raise():
   params["block_1"]["proj"]["kernel"] = params["block_1"]["proj"]["kernel"].at[0, 0].set(jnp.nan)
   with pytest.raises(ValueError, match="block_1/proj/kernel holds NaN"):
     apply.apply_plan(params, uniform_plan(2, 2, bits=4), kmap)
+
+
+def test_compute_masks_pads_kernels_of_every_width_like_one_mask_each():
+  # Output widths 3, 8 and 5 share one padded radix select; each must equal its own mask.
+  params = {f"layer{i}": {"kernel": jax.random.normal(jax.random.key(i), (4, out))}
+            for i, out in enumerate((3, 8, 5))}
+  params["layer1"]["kernel"] = params["layer1"]["kernel"].at[:, 2].set(jnp.nan)  # a NaN score
+  kmap = build_kernel_map(params, [(r"layer(?P<block>\d+)/kernel$", "dense")], ("dense",))
+  for keep in (0.2, 0.5, 0.8, 1.0):
+    plan = make_plan(np.full(kmap.plan_shape, 4), np.full(kmap.plan_shape, keep),
+                     np.zeros(kmap.plan_shape, int), np.zeros(kmap.plan_shape, int))
+    masks = apply.compute_masks(params, plan, kmap)
+    for entry, mask in zip(kmap.entries, masks):
+      w = params[entry.path[0]]["kernel"]
+      np.testing.assert_array_equal(mask, prune.neuron_mask(w, jnp.float32(keep)))
+      assert mask.shape == (w.shape[-1],)

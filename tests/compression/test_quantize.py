@@ -428,18 +428,29 @@ GOLDEN_MAE4 = 0.14213286340236664
 GOLDEN_MAE8 = 0.00777144730091095
 
 
-def test_quant_error_and_select_bits():
+def test_quant_error_falls_with_bits():
   w = _weights(0, (16, 8))
   fmt, gran = _i32(codes.INT, codes.PER_CHANNEL)
   quant_error = jax.jit(quantize.quant_error)
   errors = np.asarray([quant_error(w, jnp.int32(b), fmt, gran) for b in range(2, 9)])
   assert (np.diff(errors) < 0).all() and errors[-1] > 0
-  select = jax.jit(quantize.select_bits)
-  for tol in (errors[3], (errors[3] + errors[4]) / 2, 1.0):
-    want = 2 + int(np.argmax(errors <= tol))
-    assert int(select(w, jnp.float32(tol), fmt, gran)) == want
-  assert int(select(w, jnp.float32(0.0), fmt, gran)) == codes.FP32_BITS
   assert float(quant_error(jnp.zeros((16, 8)), *_i32(4, 0, 0))) == 0.0
+
+
+def test_log_rounds_the_exponent_exactly_at_the_geometric_mean():
+  # r = m * 2**-1: up to 2**0 when m > sqrt(2), else 2**-1; the float32 just below and just above
+  # sqrt(2) sit on either side (a float log2 rounds both to 0.5 and can tie the wrong way).
+  below = np.float32(np.sqrt(2.0))
+  above = np.nextafter(below, np.float32(2))
+  assert below < np.sqrt(2.0) < above
+  w = jnp.asarray([1.0, below / 2, above / 2, -above / 4], jnp.float32)
+  np.testing.assert_array_equal(_fq(w, 8, codes.INT, codes.LOG), [1.0, 0.5, 1.0, -0.5])
+
+
+def test_float32_exponent_is_floor_log2():
+  a = np.asarray([1.0, 1.9999999, 2.0, 0.75, 2.0 ** -126, 2.0 ** -127, 0.0, np.inf, 3e38], np.float32)
+  np.testing.assert_array_equal(formats.float32_exponent(jnp.asarray(a)),
+                                [0, 0, 1, -1, -126, -127, -127, 128, 127])
 
 
 if __name__ == "__main__":
