@@ -163,6 +163,8 @@ def test_a_signal_a_gc_callback_swallowed_is_raised_again(signum, err):
   """Python prints an exception raised in a garbage-collector callback as ignored and drops it (a
   SIGINT in JAX's gc callback once let a run finish with status 0); `watched` raises it again."""
   fired, went_on = [], []
+  # A suite started as a shell's background job inherits SIGINT ignored, which `watched` keeps.
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
 
   def callback(phase, info):
     if not fired:
@@ -176,4 +178,5 @@ def test_a_signal_a_gc_callback_swallowed_is_raised_again(signum, err):
     finally:
       gc.callbacks.remove(callback)
     went_on.append(True)
+  signal.signal(signal.SIGINT, previous)
   assert fired and went_on
