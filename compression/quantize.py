@@ -292,9 +292,6 @@ def _quantized_value(w: jax.Array, step: jax.Array | None, mask: jax.Array, bits
   fmt, gran = _clamped_codes(fmt, gran)
   _, reduce_axes, bshape = _channel_layout(w, channel_axis)
   m = jnp.reshape(mask, bshape)
-  # Scalars are computed inside the branches that read them, where XLA fuses them into the
-  # branch's loops; computed out here, each would be one more kernel launch per weight matrix.
-  lim = lambda: grid_limit(bits, fmt)
 
   # Statistics of the masked kernel as m times those of `w` (exact for m >= 0): reducing `w`
   # itself lets XLA:CPU read it once, where reducing the product wrote the product out first.
@@ -306,8 +303,10 @@ def _quantized_value(w: jax.Array, step: jax.Array | None, mask: jax.Array, bits
     return (jnp.min(jnp.min(w32, axis=reduce_axes, keepdims=True) * m),
             jnp.max(jnp.max(w32, axis=reduce_axes, keepdims=True) * m))
 
-  scales = {codes.UNIFORM: lambda x: _div(jnp.max(col_absmax()), lim()),
-            codes.PER_CHANNEL: lambda x: _div(col_absmax(), lim()),
+  # The grid limit is computed inside the branches that read it, where XLA fuses it into their
+  # loops; computed out here, it would be one more kernel launch per weight matrix.
+  scales = {codes.UNIFORM: lambda x: _div(jnp.max(col_absmax()), grid_limit(bits, fmt)),
+            codes.PER_CHANNEL: lambda x: _div(col_absmax(), grid_limit(bits, fmt)),
             codes.LEARNED: lambda x: _learned_step(x, step, bits, fmt, channel_axis)}
   quantizers = [lambda x, scale=scale, integer=integer: _symmetric(x, scale(x), bits, fmt, integer)
                 for scale in scales.values() for integer in (True, False)]

@@ -172,11 +172,13 @@ def test_a_signal_a_gc_callback_swallowed_is_raised_again(signum, err):
       os.kill(os.getpid(), signum)
       sum(range(10_000))   # the handler runs here, inside the callback
   gc.callbacks.append(callback)
-  with pytest.raises(err), interrupts.watched():
-    try:
-      gc.collect()
-    finally:
-      gc.callbacks.remove(callback)
-    went_on.append(True)
-  signal.signal(signal.SIGINT, previous)
+  try:
+    with pytest.raises(err), interrupts.watched():
+      try:
+        gc.collect()
+      finally:
+        gc.callbacks.remove(callback)
+      went_on.append(True)
+  finally:
+    signal.signal(signal.SIGINT, previous)
   assert fired and went_on
