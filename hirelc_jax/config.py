@@ -20,6 +20,8 @@ from hirelc_jax.compression import codes
 
 SIGNALS = ("error_table", "surrogate", "proxy")
 PROPOSERS = ("agents", "ilp", "both")
+FLOORS = ("goal", "hla")
+ACCURACY_UNITS = ("target", "point")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -82,6 +84,11 @@ class SearchConfig:
   eval_samples: int = 2000           # validation examples for warm-up and candidate scoring
   signal: str = "error_table"        # LLA accuracy signal: error_table | surrogate | proxy
   high_level: bool = True            # False: no HLA, every block gets the goal's budget
+  floors: str = "goal"               # every block's min bits / max pruning: goal (the goal's) | hla (the
+                                     # original's per-level tables, loosened by escalate_floors)
+  accuracy_unit: str = "target"      # the LLA's accuracy table A(D) in units of: target (the goal's
+                                     # accuracy drop) | point (the original's 1 point)
+  prior_goal: bool = True            # while no cycle met the target, aim at the error table's guess
   proposer: str = "agents"           # a cycle's candidates: agents | ilp (the integer program) | both
   surrogate_epochs: int = 200
   surrogate_hidden: tuple[int, ...] = (64, 32)
@@ -131,6 +138,10 @@ class Config:
                          f"{len(agent.algorithms)} members; give one per member")
     if self.search.proposer not in PROPOSERS:
       raise ValueError(f"search.proposer={self.search.proposer!r}; use one of {', '.join(PROPOSERS)}")
+    if self.search.floors not in FLOORS:
+      raise ValueError(f"search.floors={self.search.floors!r}; use one of {', '.join(FLOORS)}")
+    if self.search.accuracy_unit not in ACCURACY_UNITS:
+      raise ValueError(f"search.accuracy_unit={self.search.accuracy_unit!r}; use one of {', '.join(ACCURACY_UNITS)}")
     if self.search.proposer != "agents" and self.search.signal != "error_table":
       raise ValueError(f"search.proposer={self.search.proposer!r} solves over the error table; "
                        f"use search.signal=error_table")

@@ -63,7 +63,7 @@ def choose(search_, state: SearchState, cycle: int, base: dict, key) -> Pick:
   """Proposes this cycle's candidates (`search.proposer`: the agents and/or the integer
   program) and screens them for real; returns the pick to fine-tune."""
   config = policy.cycle_goal(search_.config, state.ratios(), [c.fit_drop for c in state.cycles],
-                             search_.margins(state.cycles)[0])
+                             search_.margins(state.cycles)[0], search_.prior_goal(state, base["eval"]))
   proposal = proposals.propose(search_, state, config, cycle, base, key)
   times = dict(proposal.times)
   t0 = time.perf_counter()

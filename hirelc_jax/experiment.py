@@ -95,7 +95,8 @@ class Search:
     params, state = accounting.split_variables(setup.variables)
     self.ratios = jax.jit(jax.vmap(lambda p: accounting.compression_ratio(params, p, kmap, state)))
     self.options = knapsack.build_options(table, kmap, params, state, self.config.goal) \
-        if s.proposer != "agents" else None
+        if table is not None and (s.proposer != "agents" or s.prior_goal) else None
+    self.path = knapsack.greedy_path(self.options) if self.options is not None and s.prior_goal else None
     self.hla = search.EnsembleTrainer(budget_env.BudgetEnv(kmap.num_blocks), self.config.hla,
                                       nested=False)
     goal = self.config.goal
@@ -133,6 +134,15 @@ class Search:
       weights = proxies.stack_block_weights(self.setup.variables["params"], self.setup.kmap)
       inner = proxies.quant_error_signal(weights, self.kernel_sensitivity)
     return (inner, jnp.float32(state.recovery))
+
+  def prior_goal(self, state: SearchState, baseline_eval: float) -> float | None:
+    """The error table's guess of the goal: the most compressed plan on the table's greedy
+    front whose predicted pre-fine-tune drop a fine-tune is expected to bring within the
+    target (target / recovery); None with `search.prior_goal=False` or without a table."""
+    if self.path is None:
+      return None
+    limit = self.config.goal.target_accuracy_drop / state.recovery
+    return knapsack.ratio_within(self.options, self.path, limit / self.points_per_error(state, baseline_eval))
 
   def margins(self, cycles) -> tuple[np.ndarray, np.ndarray]:
     """The cycles' margins, [C] each: `search.escalate_margin_se` fit-half standard errors (the

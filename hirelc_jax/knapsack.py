@@ -203,6 +203,13 @@ def greedy_path(options: Options) -> list[list[int]]:
     path.append([int(h[p]) for h, p in zip(hulls, pos)])
 
 
+def ratio_within(options: Options, path: list[list[int]], max_error: float) -> float:
+  """The most compressed choice along `path` (`greedy_path`'s) whose predicted error is at
+  most `max_error`: its honest ratio (1.0 when none is)."""
+  ok = [options.ratio(c) for c in path if sum(e[i] for e, i in zip(options.error, c)) <= max_error]
+  return max(ok, default=1.0)
+
+
 def lower_hull(storage: np.ndarray, error: np.ndarray) -> list[int]:
   """Indices (storage ascending) of the lower convex hull of Pareto options."""
   hull: list[int] = []

@@ -40,32 +40,36 @@ def recovery_estimate(pre_drops, post_drops) -> float:
   return float(np.clip(value, RECOVERY_FLOOR, 1.0))
 
 
-def cycle_goal(config: Config, ratios, fit_drops, fit_margins=0.0) -> Config:
+def cycle_goal(config: Config, ratios, fit_drops, fit_margins=0.0, start=None) -> Config:
   """The config with the next cycle's compression goal, from the cycles so far.
 
   `ratios` and `fit_drops` [C]: each cycle's honest compression and its
   fit-half drop after fine-tuning; a cycle met the target when its drop plus
   its margin (`fit_margins`, [C] or a scalar: `search.margin_se` standard
   errors) is within it, the rule `select_best` applies on the held-out half.
-  While no cycle has met the target the user's goal stands. Once one has, the
-  goal brackets the answer: halfway (in log ratio) between the most compressed
-  cycle that met the target and the least compressed one above it that did
-  not, or `search.escalate` times the former while nothing above it failed.
-  `search.escalate=1` keeps the user's goal.
+  While no cycle has met the target the goal is `start` (the error table's
+  prior, `Search.prior_goal`; None: the user's goal), or halfway (in log ratio)
+  between the user's goal and the least compressed cycle that missed, if that is
+  lower. Once one has, the goal brackets the answer: halfway between the most
+  compressed cycle that met the target and the least compressed one above it
+  that did not, or `search.escalate` times the former while nothing above it
+  failed. Never below the user's goal; `search.escalate=1` keeps it.
   """
   goal, escalate = config.goal, config.search.escalate
   if escalate == 1.0:
     return config
+  user = goal.target_compression
   ratios = np.asarray(ratios, np.float64)
   ok = within(fit_drops, fit_margins, goal.target_accuracy_drop)
-  met = ratios[ok]
-  if not len(met):
-    return config
-  lo = float(met.max())
-  above = ratios[~ok & (ratios > lo)]
-  target = math.sqrt(lo * float(above.min())) if len(above) else escalate * lo
-  target = max(goal.target_compression, target)
-  return dataclasses.replace(config, goal=dataclasses.replace(goal, target_compression=target))
+  lo = float(ratios[ok].max()) if ok.any() else None
+  above = ratios[~ok & (ratios > (lo or 0.0))]
+  if lo is None:
+    target = start or user
+    if len(above):
+      target = min(target, math.sqrt(user * float(above.min())))
+  else:
+    target = math.sqrt(lo * float(above.min())) if len(above) else escalate * lo
+  return dataclasses.replace(config, goal=dataclasses.replace(goal, target_compression=max(user, target)))
 
 
 def within(drops, margins, target_drop: float) -> np.ndarray:

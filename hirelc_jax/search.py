@@ -202,8 +202,9 @@ def goal_fraction(config: Config) -> float:
 
 def floor_shift(config: Config, cycle_config: Config) -> int:
   """Levels the HLA's floors move up this cycle: one per doubling of the cycle's goal
-  over the user's, rounded (0 with `search.escalate_floors=False`), at most 4."""
-  if not config.search.escalate_floors:
+  over the user's, rounded (0 with `search.escalate_floors=False` or `search.floors="goal"`),
+  at most 4."""
+  if not config.search.escalate_floors or config.search.floors == "goal":
     return 0
   raised = cycle_config.goal.target_compression / config.goal.target_compression
   return int(np.clip(np.floor(np.log2(raised) + 0.5), 0, budget_env.NUM_LEVELS - 1))
@@ -229,14 +230,25 @@ def hla_params(config: Config, sensitivity, *, shift=0, last_acc_drop=0.0, last_
 
 
 def decide_budgets(trainer: EnsembleTrainer, ens: Ensemble, params, config: Config):
-  """The ensemble's voted budgets, target ratios rescaled to the goal's units."""
+  """The ensemble's voted budgets, target ratios rescaled to the goal's units, floors by
+  `with_floors`."""
   actions = trainer.greedy_actions(ens, params)                       # [M, N]
   nvec = tuple(trainer.env.action_space(None).nvec)
   voted = ensemble.vote(actions, ens.weights, nvec)
   member0 = trainer.member(params)
   budgets = budget_env.decode_budgets(voted, member0.sensitivity, member0)
   scale = goal_fraction(config) / TABLE_GOAL
-  return budgets.replace(target_ratio=budgets.target_ratio * scale), actions
+  return with_floors(budgets.replace(target_ratio=budgets.target_ratio * scale), config), actions
+
+
+def with_floors(budgets: budget_env.Budgets, config: Config) -> budget_env.Budgets:
+  """The HLA's budgets with `search.floors`' floors: the goal's min bits and max pruning for
+  every block ("goal"), or the HLA's per-level ones as decoded ("hla")."""
+  if config.search.floors == "hla":
+    return budgets
+  goal = config.goal
+  return budgets.replace(min_bits=jnp.full_like(budgets.min_bits, goal.min_bits),
+                         max_prune=jnp.full_like(budgets.max_prune, goal.max_prune))
 
 
 def goal_budgets(config: Config, num_blocks: int) -> budget_env.Budgets:
@@ -274,7 +286,9 @@ def lla_params(config: Config, budgets, kmap: KernelMap, kernel_sensitivity, sig
       max_bits=np.full((b, m), config.goal.max_bits), max_prune=grid(budgets.max_prune),
       max_acc_drop=grid(budgets.max_acc_drop), kernel_size=grid(size), num_out=grid(num_out),
       alpha=np.full((b, m), config.lla.alpha), beta=np.broadcast_to(config.lla.betas, (b, m)),
-      gamma=np.full((b, m), config.lla.gamma), baseline_accuracy=np.full((b, m), baseline_accuracy),
+      gamma=np.full((b, m), config.lla.gamma),
+      drop_unit=np.full((b, m), config.goal.target_accuracy_drop if config.search.accuracy_unit == "target" else 1.0),
+      baseline_accuracy=np.full((b, m), baseline_accuracy),
       surrogate_ready=np.full((b, m), float(surrogate_ready)),
       max_steps_in_episode=np.full((b, m), 20), signal=signal)
 

@@ -114,3 +114,14 @@ def test_program_candidates_start_at_the_goal_and_spread_to_the_maximum(small):
   assert ratios[0] >= 6.0 * (1 - 1e-6) and ratios[1] >= 3.0 * (1 - 1e-6)
   assert ratios[-1] == pytest.approx(options.max_ratio(), rel=1e-6)
   assert np.all(np.diff(ratios[1:]) >= -1e-6)
+
+
+def test_ratio_within_is_the_most_compressed_greedy_choice_under_an_error(small):
+  _, _, _, options = small
+  path = knapsack.greedy_path(options)
+  errors = [sum(e[i] for e, i in zip(options.error, c)) for c in path]
+  ratios = [options.ratio(c) for c in path]
+  mid = errors[len(path) // 2]
+  assert knapsack.ratio_within(options, path, mid) == max(r for r, e in zip(ratios, errors) if e <= mid)
+  assert knapsack.ratio_within(options, path, np.inf) == max(ratios)
+  assert knapsack.ratio_within(options, path, -1.0) == 1.0

@@ -30,6 +30,11 @@ def test_cycle_goal_brackets_the_answer_between_a_met_and_a_missed_ratio():
   assert goal([12.0, 11.0, 20.0], [0.5, 1.5, 2.0]) == pytest.approx(np.sqrt(12.0 * 20.0))  # 11x missed below
   fixed = C.override(config, {"search.escalate": "1"})
   assert policy.cycle_goal(fixed, [12.0], [0.5]).goal.target_compression == 10.0
+  start = lambda r, d, s: policy.cycle_goal(config, r, d, start=s).goal.target_compression
+  assert start([], [], 24.0) == 24.0                         # the table's prior before any cycle
+  assert start([], [], 6.0) == 10.0                          # never below the user's goal
+  assert start([22.0], [1.5], 24.0) == pytest.approx(np.sqrt(10.0 * 22.0))   # missed: halfway down
+  assert start([22.0, 15.0], [1.5, 0.5], 24.0) == pytest.approx(np.sqrt(15.0 * 22.0))  # met: as before
   assert config.goal.target_compression == 10.0          # no mutation
 
 

@@ -91,7 +91,7 @@ def test_candidate_plans_start_with_the_vote_then_members_then_draws(kmap):
 
 
 def test_floor_shift_is_one_level_per_doubling_of_the_goal():
-  config = C.override(C.Config(), {"goal.target_compression": "10"})
+  config = C.override(C.Config(), {"goal.target_compression": "10", "search.floors": "hla"})
   raised = lambda r: C.override(config, {"goal.target_compression": str(r)})
   shifts = [search.floor_shift(config, raised(r)) for r in (10, 14, 14.5, 20, 28, 29, 1000)]
   assert shifts == [0, 0, 1, 1, 1, 2, 4]                  # log2 rounded: 0.49, 0.54, 1.49, 1.54
@@ -99,6 +99,22 @@ def test_floor_shift_is_one_level_per_doubling_of_the_goal():
   assert search.floor_shift(fixed, raised(40)) == 0
   params = search.hla_params(raised(20), np.full(3, 0.5), shift=search.floor_shift(config, raised(20)))
   np.testing.assert_array_equal(params.floor_shift, [1, 1, 1])         # one per HLA member
+  assert search.floor_shift(C.Config(), raised(40)) == 0                # floors="goal": no levels
+
+
+def test_goal_floors_replace_the_hla_levels_floors_and_keep_its_targets():
+  from hirelc_jax.agents import budget_env
+  params = budget_env.budget_params(3, sensitivity=np.array([0.9, 0.5, 0.1]), goal_min_bits=2,
+                                    min_bits_table=budget_env.MIN_BITS_WIDE)
+  decoded = budget_env.decode_budgets(np.array([0, 2, 4]), params.sensitivity, params)
+  assert list(decoded.min_bits) == [6, 4, 2]               # levels 0, 2, 4 (s shifts 0 -> 0, 4 -> 4)
+  config = C.override(C.Config(), {"goal.min_bits": "3", "goal.max_prune": "0.5"})
+  goal = search.with_floors(decoded, config)
+  np.testing.assert_array_equal(goal.min_bits, [3, 3, 3])
+  np.testing.assert_allclose(goal.max_prune, [0.5, 0.5, 0.5])
+  np.testing.assert_array_equal(goal.target_ratio, decoded.target_ratio)
+  hla = search.with_floors(decoded, C.override(config, {"search.floors": "hla"}))
+  np.testing.assert_array_equal(hla.min_bits, decoded.min_bits)
 
 
 def test_selection_half_is_held_out_from_everything_the_search_sees():

@@ -75,6 +75,15 @@ def test_accuracy_reward_table():
   np.testing.assert_allclose(ke.accuracy_reward(d), [100, 100, 95, 92.5, 80, 65, 0], rtol=1e-6)
 
 
+def test_drop_unit_rescales_the_accuracy_table_only():
+  zeros = jnp.zeros(5)
+  raw = lambda d, unit: float(ke.raw_reward(jnp.float32(d), jnp.float32(0.2), zeros, jnp.int32(0),
+                                            ke.kernel_params(2, drop_unit=unit)))
+  assert raw(0.8, 1.0) == pytest.approx(raw(0.4, 0.5))          # the same point of the table
+  assert raw(0.8, 1.0) - raw(0.8, 0.5) == pytest.approx(30.0 * (100.0 - 92.0))   # A(1.6) = 95 - 5 * 0.6
+  assert raw(0.3, 0.5) == pytest.approx(raw(0.0, 1.0))          # below the unit: the plateau
+
+
 def test_compliance_penalty_ratio_and_stability_pieces():
   assert float(ke.compliance_reward(0.25, 0.25)) == pytest.approx(20.0)
   assert float(ke.compliance_reward(0.35, 0.25)) == pytest.approx(20 * np.exp(-1.0), rel=1e-6)
