@@ -37,6 +37,11 @@ from hirelc_jax.compression.plan import stack_plans, uniform_plan
 from hirelc_jax.training import checkpoint
 
 SEARCHES = {"hirelc": {}, "search_agents": {"search.proposer": "agents"},
+            # ablations of the agents' search: no error-table prior goal; and the original's
+            # per-level floors with its 1-point accuracy table (the agents before 4d852a0)
+            "search_agents_no_prior": {"search.proposer": "agents", "search.prior_goal": "false"},
+            "search_agents_hla_floors": {"search.proposer": "agents", "search.prior_goal": "false",
+                                         "search.floors": "hla", "search.accuracy_unit": "point"},
             "search_agents_ilp": {"search.proposer": "both"}, "search_ilp": {"search.proposer": "ilp"},
             "search_ilp_point_escalation": {"search.proposer": "ilp", "search.escalate_margin_se": "0"},
             "lla_only": {"search.high_level": "false"},
