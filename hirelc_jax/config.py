@@ -89,6 +89,8 @@ class SearchConfig:
   accuracy_unit: str = "target"      # the LLA's accuracy table A(D) in units of: target (the goal's
                                      # accuracy drop) | point (the original's 1 point)
   prior_goal: bool = True            # while no cycle met the target, aim at the error table's guess
+  censored_calibration: bool = True  # the table's calibration counts collapsed plans (drop > 8 pt) as at
+                                     # least 8 pt instead of leaving them out
   proposer: str = "agents"           # a cycle's candidates: agents | ilp (the integer program) | both
   surrogate_epochs: int = 200
   surrogate_hidden: tuple[int, ...] = (64, 32)

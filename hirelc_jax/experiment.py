@@ -34,7 +34,7 @@ from hirelc_jax.evaluation import (Setup, _loss_fn, accuracy, halves_scores, hol
                                    make_error_table, plan_accuracies, prepare, uniform_plans)
 from hirelc_jax.training import baseline
 
-DEFAULT_POINTS_PER_ERROR = 1.0  # error-table calibration until 3 plans with moderate drops exist
+DEFAULT_POINTS_PER_ERROR = 1.0  # error-table calibration until 3 plans with moderate drops, or one collapsed, exist
 
 
 class EventLog:
@@ -160,7 +160,8 @@ class Search:
   def points_per_error(self, state: SearchState, baseline_eval: float) -> float:
     """The error table's calibration, refitted on every plan evaluated before fine-tuning."""
     pre = [e for e in state.evaluated if e.stage == "pre_finetune" and e.error is not None]
-    fit = error_table.fit_points_per_error([e.error for e in pre], [baseline_eval - e.accuracy for e in pre])
+    fit = error_table.fit_points_per_error([e.error for e in pre], [baseline_eval - e.accuracy for e in pre],
+                                           censored=self.config.search.censored_calibration)
     return fit if fit is not None else DEFAULT_POINTS_PER_ERROR
 
 

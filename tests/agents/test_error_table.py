@@ -78,11 +78,38 @@ def test_lla_signal_is_the_blocks_error_times_blocks_and_calibration(setup):
   assert float(d) == pytest.approx(10.0 * 2 * float(block.sum()), rel=1e-6)
 
 
-def test_fit_points_per_error_ignores_collapsed_plans():
+def test_fit_points_per_error_collapsed_plan_predicted_above_the_cap_leaves_the_fit_alone():
   errors = [0.01, 0.02, 0.03, 0.5]
-  drops = [1.0, 2.0, 3.0, 70.0]                # the last plan collapsed: left out
+  drops = [1.0, 2.0, 3.0, 70.0]                # collapsed, and 100 * 0.5 = 50 >= 8 already
   assert error_table.fit_points_per_error(errors, drops) == pytest.approx(100.0)
-  assert error_table.fit_points_per_error([0.01, 0.5], [1.0, 70.0]) is None
+  assert error_table.fit_points_per_error(errors, drops, censored=False) == pytest.approx(100.0)
+  assert error_table.fit_points_per_error([0.01, 0.5], [1.0, 70.0]) == pytest.approx(100.0)
+  assert error_table.fit_points_per_error([0.01, 0.5], [1.0, 70.0], censored=False) is None
+  assert error_table.fit_points_per_error([0.01, 0.02], [1.0, 2.0]) is None
+
+
+def test_fit_points_per_error_collapsed_plan_the_table_rates_well_raises_the_slope():
+  # The least-squares slope on the moderate plans is 100, which predicts the collapsed plan
+  # (E = 0.04) at 4 < 8 points, so it joins the fit at 8: s = (0.14 + 8 * 0.04) / (0.0014 + 0.0016).
+  errors, drops = [0.01, 0.02, 0.03, 0.04], [1.0, 2.0, 3.0, 60.0]
+  s = error_table.fit_points_per_error(errors, drops)
+  assert s == pytest.approx((0.14 + 0.32) / 0.003)
+  assert s * 0.04 < 8.0                        # still below the cap: it stays active (consistent)
+  assert error_table.fit_points_per_error(errors, drops, censored=False) == pytest.approx(100.0)
+  # Only collapsed plans: the least slope that predicts every one at 8 points or more.
+  assert error_table.fit_points_per_error([0.02, 0.08], [40.0, 60.0]) == pytest.approx(400.0)
+
+
+def test_fit_points_per_error_minimises_the_censored_loss():
+  rng = np.random.default_rng(0)
+  errors = rng.uniform(0.001, 0.05, 30)
+  drops = np.where(rng.uniform(size=30) < 0.3, 50.0, 150.0 * errors + rng.normal(0, 0.3, 30))
+  s = error_table.fit_points_per_error(errors, drops)
+  ok, gone = drops <= 8.0, drops > 8.0
+  loss = lambda t: (np.sum((np.maximum(drops[ok], 0) - t * errors[ok]) ** 2)
+                    + np.sum(np.maximum(0.0, 8.0 - t * errors[gone]) ** 2))
+  grid = np.linspace(0.5 * s, 2.0 * s, 2001)
+  assert loss(s) <= min(loss(t) for t in grid) + 1e-9
 
 
 def test_weight_fisher_matches_per_example_squared_gradients():
