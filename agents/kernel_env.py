@@ -27,8 +27,6 @@ largest positive raw reward):
 
   R = α A(D) + β 60 (1 - r) + 20 exp(-10 |r - T|) + γ S - 12 s (1 - r)
 
-(with `compression_cap`, β 60 (1 - max(r, T)): no gain for compressing past the budget)
-
 A(D) is the piecewise accuracy table read in units of `drop_unit` points (the original's
 1 point; the search passes the user's target, so the table's plateau ends at the target); S = -2 std(last 5 rewards of the episode)
 once 5 are recorded; r is the *parameter-weighted* storage fraction
@@ -114,8 +112,6 @@ class EnvParams:
     num_out: int32 `[K]` output neurons per kernel.
     alpha, beta, gamma: reward weights (30, β ∈ {1.5, 5, 8}, 1 in the original).
     drop_unit: float32 points per unit of the accuracy table A (1 in the original).
-    compression_cap: float32 1.0: the compression gain stops at the block's target (r below T
-      earns what T earns); 0.0: it grows to r = 0, as in the original.
     reward_scale: float32 reward divisor.
     max_steps_in_episode: int32 (20).
     baseline_accuracy: float32 accuracy (points) of the uncompressed model;
@@ -139,7 +135,6 @@ class EnvParams:
   beta: jax.Array
   gamma: jax.Array
   drop_unit: jax.Array
-  compression_cap: jax.Array
   reward_scale: jax.Array
   max_steps_in_episode: jax.Array
   baseline_accuracy: jax.Array
@@ -154,8 +149,7 @@ _INT_FIELDS = ("block_index", "num_blocks", "min_bits", "max_bits", "num_out",
 def kernel_params(num_kernels: int, *, block_index=0, num_blocks=1, sensitivity=0.5,
                   kernel_sensitivity=None, target_ratio=0.25, min_bits=4, max_bits=8,
                   max_prune=0.6, max_acc_drop=1.0, priority=None, kernel_size=None,
-                  num_out=None, alpha=30.0, beta=1.5, gamma=1.0, drop_unit=1.0, compression_cap=0.0,
-                  reward_scale=None,
+                  num_out=None, alpha=30.0, beta=1.5, gamma=1.0, drop_unit=1.0, reward_scale=None,
                   max_steps_in_episode=20, baseline_accuracy=85.0, surrogate_ready=0.0,
                   signal=None) -> EnvParams:
   """Builds `EnvParams` with fixed dtypes; defaults are the original's ViT run.
@@ -174,7 +168,7 @@ def kernel_params(num_kernels: int, *, block_index=0, num_blocks=1, sensitivity=
       max_acc_drop=max_acc_drop, priority=sens if priority is None else priority,
       kernel_size=np.ones(k) if kernel_size is None else kernel_size,
       num_out=np.ones(k) if num_out is None else num_out,
-      alpha=alpha, beta=beta, gamma=gamma, drop_unit=drop_unit, compression_cap=compression_cap,
+      alpha=alpha, beta=beta, gamma=gamma, drop_unit=drop_unit,
       reward_scale=(100.0 * jnp.asarray(alpha) + COMPRESSION_GAIN * jnp.asarray(beta)
                     + COMPLIANCE_GAIN) if reward_scale is None else reward_scale,
       max_steps_in_episode=max_steps_in_episode, baseline_accuracy=baseline_accuracy,
@@ -270,8 +264,7 @@ def stability_term(rewards, count) -> jax.Array:
 def raw_reward(drop, ratio, rewards, count, params: EnvParams) -> jax.Array:
   """Unnormalised §4.4 reward; non-finite values become `NONFINITE_REWARD`."""
   r = (params.alpha * accuracy_reward(drop / params.drop_unit)
-       + params.beta * COMPRESSION_GAIN * (1.0 - jnp.where(params.compression_cap > 0,
-                                                            jnp.maximum(ratio, params.target_ratio), ratio))
+       + params.beta * COMPRESSION_GAIN * (1.0 - ratio)
        + compliance_reward(ratio, params.target_ratio)
        + params.gamma * stability_term(rewards, count)
        - sensitivity_penalty(params.sensitivity, ratio))

@@ -54,7 +54,6 @@ SEARCHES = {"hirelc": {}, "search_agents": {"search.proposer": "agents"},
             "search_ilp_uncensored": {"search.proposer": "ilp", "search.censored_calibration": "false"},
             "search_ilp_point_escalation": {"search.proposer": "ilp", "search.escalate_margin_se": "0",
                                             "search.prior_goal": "false", "search.censored_calibration": "false"},
-            "search_agents_capped": {"search.proposer": "agents", "search.cap_at_budget": "true"},
             "lla_only": {"search.high_level": "false"},
             "hirelc_unscreened": {"search.screen": "1", "search.warmup_samples": "32"},
             "hirelc_fixed_goal": {"search.escalate": "1"}}

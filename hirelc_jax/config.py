@@ -91,8 +91,6 @@ class SearchConfig:
   prior_goal: bool = True            # while no cycle met the target, aim at the error table's guess
   censored_calibration: bool = True  # the table's calibration counts collapsed plans (drop > 8 pt) as at
                                      # least 8 pt instead of leaving them out
-  cap_at_budget: bool = False        # the LLA's compression reward stops at its block's budget, so a
-                                     # cycle's goal binds (the original rewards compression to the end)
   proposer: str = "agents"           # a cycle's candidates: agents | ilp (the integer program) | both
   surrogate_epochs: int = 200
   surrogate_hidden: tuple[int, ...] = (64, 32)

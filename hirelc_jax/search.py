@@ -288,7 +288,6 @@ def lla_params(config: Config, budgets, kmap: KernelMap, kernel_sensitivity, sig
       alpha=np.full((b, m), config.lla.alpha), beta=np.broadcast_to(config.lla.betas, (b, m)),
       gamma=np.full((b, m), config.lla.gamma),
       drop_unit=np.full((b, m), config.goal.target_accuracy_drop if config.search.accuracy_unit == "target" else 1.0),
-      compression_cap=np.full((b, m), float(config.search.cap_at_budget)),
       baseline_accuracy=np.full((b, m), baseline_accuracy),
       surrogate_ready=np.full((b, m), float(surrogate_ready)),
       max_steps_in_episode=np.full((b, m), 20), signal=signal)

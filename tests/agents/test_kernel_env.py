@@ -84,17 +84,6 @@ def test_drop_unit_rescales_the_accuracy_table_only():
   assert raw(0.3, 0.5) == pytest.approx(raw(0.0, 1.0))          # below the unit: the plateau
 
 
-def test_compression_cap_stops_the_gain_at_the_budget():
-  zeros = jnp.zeros(5)
-  raw = lambda r, cap: float(ke.raw_reward(jnp.float32(0.0), jnp.float32(r), zeros, jnp.int32(0),
-                                           ke.kernel_params(2, beta=5.0, target_ratio=0.1, compression_cap=cap)))
-  gain = lambda r: 5.0 * 60.0 * (1.0 - r)
-  # Past the budget (r < T) the capped gain is T's; compliance and the sensitivity term still see r.
-  assert raw(0.05, 1.0) - raw(0.05, 0.0) == pytest.approx(gain(0.1) - gain(0.05), rel=1e-5)
-  assert raw(0.2, 1.0) == pytest.approx(raw(0.2, 0.0))            # within the budget: unchanged
-  assert raw(0.1, 1.0) > raw(0.05, 1.0)                            # overshooting now costs reward
-
-
 def test_compliance_penalty_ratio_and_stability_pieces():
   assert float(ke.compliance_reward(0.25, 0.25)) == pytest.approx(20.0)
   assert float(ke.compliance_reward(0.35, 0.25)) == pytest.approx(20 * np.exp(-1.0), rel=1e-6)
