@@ -185,12 +185,11 @@ def fit_points_per_error(errors, drops, max_drop: float = 8.0, censored: bool = 
   collapsed plan's drop is not fitted, only known to be at least `max_drop`:
   s minimises sum_ok (d - s E)^2 + sum_collapsed max(0, max_drop - s E)^2, so a
   collapsed plan pulls the slope up only while the fit predicts it below
-  `max_drop`. Without that, plans the table rates far too well (a CNN plan
-  predicted at 1.9 points measured 48) never corrected it.
+  `max_drop`: a table that rates collapsing plans well is corrected by them.
 
   Args:
     errors, drops: float [N] each plan's table error E and measured drop (points).
-    censored: False leaves collapsed plans out altogether (the fit before issue 14's CNN runs).
+    censored: False leaves collapsed plans out of the fit.
   Returns:
     the slope (points per unit of E), or None when fewer than 3 plans have
     drop <= max_drop and none collapsed.
