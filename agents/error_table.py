@@ -14,11 +14,12 @@ and a plan's error is, per slot with n output neurons of which c are kept,
 
 (the quantization error of pruned neurons is replaced by their whole energy,
 assuming it spreads evenly over neurons). E is additive over slots, so the
-predicted drop of a whole-model plan is `points_per_error · Σ E`, with
-`points_per_error` fitted to real pre-fine-tune drops (`fit_points_per_error`).
+predicted drop of a whole-model plan is `Σ points_per_error · E` over slots,
+with `points_per_error` fitted to real pre-fine-tune drops: one slope
+(`fit_points_per_error`) or one per block (`fit_group_calibration`).
 
 In the LLA environment every block is judged by its own error as if every
-block compressed alike: D = points_per_error · num_blocks · E_block. Each
+block compressed alike: D = num_blocks · Σ_k points_per_error[b, k] · E[b, k]. Each
 block thus gets an equal share of the drop budget and, unlike a whole-plan
 query against last cycle's plan, blocks trained at the same time cannot all
 spend the same budget. The signal is a table lookup, as cheap as the
@@ -36,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 from flax import traverse_util
+from scipy import optimize
 
 from hirelc_jax.compression import codes, prune, quantize
 from hirelc_jax.compression.kernel_map import KernelMap
@@ -43,6 +45,8 @@ from hirelc_jax.compression.plan import CompressionPlan
 from hirelc_jax.data.pipeline import num_examples, take
 
 NUM_BIT_WIDTHS = codes.MAX_BITS - codes.MIN_BITS + 1
+MAX_DROP = 8.0      # points: a plan losing more has collapsed (the calibration censors it)
+GROUP_RIDGE = 0.01  # fit_group_calibration's pull towards the common slope
 
 
 @struct.dataclass
@@ -54,7 +58,8 @@ class ErrorTable:
     pruned: float32 `[B, K, R + 1]`, cumulative pruned energy, R = max outputs.
     num_out: float32 `[B, K]` output neurons per slot (1 where absent).
     present: float32 `[B, K]` 1 where the model has a kernel.
-    points_per_error: float32 scalar calibration (points of accuracy per unit E).
+    points_per_error: float32 calibration, points of accuracy per unit E: a scalar, or `[B, K]`
+      one per block (`fit_group_calibration`).
   """
   quant: jax.Array
   pruned: jax.Array
@@ -169,16 +174,16 @@ def plan_error(table: ErrorTable, plan: CompressionPlan) -> jax.Array:
 
 
 def error_table_fn() -> Callable:
-  """An LLA `accuracy_fn`: D = points_per_error · B · E(block's decoded row)."""
+  """An LLA `accuracy_fn`: D = B · Σ_k points_per_error[b, k] · E[b, k] over the block's decoded row."""
 
   def accuracy_fn(table: ErrorTable, block_index, bits, keep, fmt, gran):
-    e = jnp.sum(slot_errors(table, bits, keep, fmt, gran, block_index))
-    return table.points_per_error * table.present.shape[0] * e
+    scale = jnp.broadcast_to(table.points_per_error, table.present.shape)[block_index]
+    return table.present.shape[0] * jnp.sum(scale * slot_errors(table, bits, keep, fmt, gran, block_index))
 
   return accuracy_fn
 
 
-def fit_points_per_error(errors, drops, max_drop: float = 8.0, censored: bool = True) -> float | None:
+def fit_points_per_error(errors, drops, max_drop: float = MAX_DROP, censored: bool = True) -> float | None:
   """Slope s through the origin of real drop on E, with collapsed plans as censored points.
 
   Beyond `max_drop` the drop leaves the second-order regime and saturates, so a
@@ -214,3 +219,46 @@ def fit_points_per_error(errors, drops, max_drop: float = 8.0, censored: bool = 
     if below and above:
       return float(max(s, 1e-6))
   return float(max(max_drop / ec[0], 1e-6))   # only collapsed plans: the least s predicting each >= max_drop
+
+
+def fit_group_calibration(slot_errors, drops, groups=None, max_drop: float = MAX_DROP,
+                          ridge: float = GROUP_RIDGE) -> np.ndarray | None:
+  """Points per unit E for every slot, one slope per group of slots (e.g. per block), fitted
+  on real drops with collapsed plans censored.
+
+  One slope for the whole table misranks layers: on the CNN the Fisher-weighted
+  error of the dense block cost 80x more points per unit than the first
+  convolution's. The group slopes c (non-negative) minimise
+
+    sum_ok (X_i c - d_i)^2 + sum_collapsed min(0, X_i c - max_drop)^2
+      + ridge N mean_g (c_g / s - 1)^2,      X_ig = sum of plan i's errors in group g,
+
+  with s the common slope (`fit_points_per_error`): a convex problem solved by
+  L-BFGS-B. The ridge pulls groups the data cannot tell apart towards s.
+
+  Args:
+    slot_errors: float [N, S] each plan's table error per slot (unscaled E).
+    drops: float [N] measured pre-fine-tune drops (points).
+    groups: int [S] each slot's group in 0..G-1 (default: every slot its own).
+  Returns:
+    float64 [S] each slot's group slope, or None when `fit_points_per_error` has too few plans.
+  """
+  x, d = np.asarray(slot_errors, np.float64), np.asarray(drops, np.float64)
+  keep = np.all(np.isfinite(x), axis=1) & np.isfinite(d)
+  x, d = x[keep], d[keep]
+  common = fit_points_per_error(x.sum(1), d, max_drop)
+  if common is None:
+    return None
+  groups = np.arange(x.shape[1]) if groups is None else np.asarray(groups)
+  member = np.eye(int(groups.max()) + 1)[groups]           # [S, G]
+  xs = x @ member * common                                 # in units of the common slope: c = common * u
+  ok, (n, m) = d <= max_drop, xs.shape
+  weight = ridge * n / m
+
+  def loss(u):
+    r = xs @ u - np.where(ok, np.maximum(d, 0.0), max_drop)
+    r = np.where(ok, r, np.minimum(r, 0.0))
+    return np.sum(r * r) + weight * np.sum((u - 1.0) ** 2), 2.0 * xs.T @ r + 2.0 * weight * (u - 1.0)
+
+  u = optimize.minimize(loss, np.ones(m), jac=True, method="L-BFGS-B", bounds=[(0.0, None)] * m).x
+  return common * (member @ u)

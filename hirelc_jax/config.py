@@ -91,6 +91,7 @@ class SearchConfig:
   prior_goal: bool = True            # while no cycle met the target, aim at the error table's guess
   censored_calibration: bool = True  # the table's calibration counts collapsed plans (drop > 8 pt) as at
                                      # least 8 pt instead of leaving them out
+  block_calibration: bool = True     # the table's calibration fits one slope per block (False: one for all)
   proposer: str = "agents"           # a cycle's candidates: agents | ilp (the integer program) | both
   surrogate_epochs: int = 200
   surrogate_hidden: tuple[int, ...] = (64, 32)

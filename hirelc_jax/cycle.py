@@ -21,15 +21,16 @@ from hirelc_jax.compression import codes
 from hirelc_jax.compression.plan import CompressionPlan
 from hirelc_jax.config import Config
 from hirelc_jax.evaluation import finetune, halves_drops, plan_accuracies, plan_metrics
-from hirelc_jax.state import PLAN_FIELDS, Cycle, Evaluation, SearchState
+from hirelc_jax.state import PLAN_FIELDS, Cycle, Evaluation, SearchState, slot_tuple
 
 
 @dataclasses.dataclass(frozen=True)
 class Pick:
   """A cycle up to its fine-tune: the cycle's goal (`config`), the proposal, the screened
   plans `[S, B, K]` with their pre-fine-tune accuracies, honest ratios, surrogate features
-  and table errors (each `[S]`, features `[S, F]`), the index of the plan to fine-tune, the
-  surrogate's prediction for it, the table's calibration, and the phase times so far."""
+  `[S, F]`, table errors per slot `[S, E]` and the calibrated table's predicted drops `[S]`,
+  the index of the plan to fine-tune, the surrogate's prediction for it, and the phase
+  times so far."""
   cycle: int
   config: Config
   proposal: proposals.Proposal
@@ -38,9 +39,9 @@ class Pick:
   ratios: np.ndarray
   features: Any
   errors: np.ndarray
+  table_drops: np.ndarray
   index: int
   predicted: float
-  points_per_error: float
   times: dict
 
   @property
@@ -67,12 +68,13 @@ def choose(search_, state: SearchState, cycle: int, base: dict, key) -> Pick:
   proposal = proposals.propose(search_, state, config, cycle, base, key)
   times = dict(proposal.times)
   t0 = time.perf_counter()
-  screened, accs, ratios, index = screen(search_, state, proposal.candidates, base["eval"])
-  features = search_.encode(screened)
+  calibration = search_.calibration(state, base["eval"])
+  screened, accs, ratios, index = screen(search_, state, proposal.candidates, base["eval"], calibration)
+  features, errors = search_.encode(screened), search_.errors(screened)
   predicted = float(search_.surrogate.predict(state.surrogate, features[index:index + 1])[0])
   times["eval_s"] = time.perf_counter() - t0
-  return Pick(cycle, config, proposal, screened, accs, ratios, features, search_.errors(screened), index,
-              predicted, search_.points_per_error(state, base["eval"]), times)
+  return Pick(cycle, config, proposal, screened, accs, ratios, features, errors,
+              search_.predicted_drops(errors, calibration), index, predicted, times)
 
 
 def complete(search_, state: SearchState, pick: Pick, tuned: dict, result, base: dict, key,
@@ -85,7 +87,7 @@ def complete(search_, state: SearchState, pick: Pick, tuned: dict, result, base:
   (fit_drop, fit_se), (val_drop, val_se) = drops["fit"], drops["val"]
   val_acc = base["val"] - val_drop
   times["finetune_s"] += time.perf_counter() - t0
-  pre_acc, error = float(pick.accs[pick.index]), float(pick.errors[pick.index])
+  pre_acc, table_drop = float(pick.accs[pick.index]), float(pick.table_drops[pick.index])
 
   t0 = time.perf_counter()
   sur = search_.surrogate.add(state.surrogate, pick.features, jnp.asarray(pick.accs))
@@ -99,7 +101,7 @@ def complete(search_, state: SearchState, pick: Pick, tuned: dict, result, base:
   details = {"floor_shift": search.floor_shift(search_.config, pick.config),
              "early_stopping_accuracy": result.best_val_accuracy,
              "predicted_accuracy": pick.predicted if bool(search_.surrogate.ready(state.surrogate)) else None,
-             "table_predicted_drop": None if np.isnan(error) else error * pick.points_per_error,
+             "table_predicted_drop": None if np.isnan(table_drop) else table_drop,
              "screened": {"compression_ratio": pick.ratios.tolist(), "pre_finetune_accuracy": pick.accs.tolist(),
                           "picked": pick.index},
              **({} if budgets is None else {f"budget_{f}": np.asarray(getattr(budgets, f)).tolist()
@@ -116,7 +118,7 @@ def complete(search_, state: SearchState, pick: Pick, tuned: dict, result, base:
   label = f"C{cycle + 1}"
   evaluated = state.evaluated + tuple(
       Evaluation("cycle" if j == pick.index else "screened", label if j == pick.index else "", float(r), float(a),
-                 "pre_finetune", None if np.isnan(e) else float(e))
+                 "pre_finetune", slot_tuple(e))
       for j, (r, a, e) in enumerate(zip(pick.ratios, pick.accs, pick.errors)))
   evaluated += (Evaluation("cycle", label, done.compression_ratio, val_acc, "finetuned"),)
   return SearchState(proposal.hla, proposal.lla, sur, done.plan, state.cycles + (done,), evaluated, recovery)
@@ -133,8 +135,9 @@ def run_cycle(search_, state: SearchState, cycle: int, base: dict, key, log,
   return complete(search_, state, pick, tuned, result, base, key, log, time.perf_counter() - t0), tuned
 
 
-def screen(search_, state: SearchState, candidates: CompressionPlan, baseline_eval: float):
-  """Evaluates `search.screen` of the candidates for real and picks the one to fine-tune.
+def screen(search_, state: SearchState, candidates: CompressionPlan, baseline_eval: float, calibration):
+  """Evaluates `search.screen` of the candidates for real and picks the one to fine-tune,
+  judging them before by the table's `calibration` (`[B, K]`, `Search.calibration`).
 
   Returns (screened plans [S, B, K], their accuracies [S], honest ratios [S],
   the index of the pick). With screen=1 only the vote (candidate 0) is evaluated and taken.
@@ -143,7 +146,7 @@ def screen(search_, state: SearchState, candidates: CompressionPlan, baseline_ev
   limit = config.goal.target_accuracy_drop / state.recovery   # pre-fine-tune drop a fine-tune recovers
   ratios = np.asarray(search_.ratios(candidates))
   keys = np.stack([candidates.bits, candidates.keep, candidates.fmt, candidates.gran], 1)
-  predicted = search_.errors(candidates) * search_.points_per_error(state, baseline_eval)
+  predicted = search_.predicted_drops(search_.errors(candidates), calibration)
   idx = screening.pick_for_evaluation(ratios, predicted, limit, config.search.screen,
                                       screening.unique_rows(keys))
   screened = jax.tree.map(lambda a: a[idx], candidates)

@@ -22,7 +22,7 @@ import numpy as np
 from hirelc_jax import cycle as cycle_
 from hirelc_jax import distributed, interrupts
 from hirelc_jax import knapsack, policy, run_dir, run_state, search
-from hirelc_jax.state import Evaluation, SearchState
+from hirelc_jax.state import Evaluation, SearchState, slot_tuple
 from hirelc_jax.agents import budget_env, error_table, kernel_env, proxies
 from hirelc_jax.agents.sensitivity import estimate_sensitivity
 from hirelc_jax.agents.surrogate import SurrogateConfig, encode_plan, make_surrogate, num_features
@@ -90,13 +90,13 @@ class Search:
                                                     epochs=s.surrogate_epochs),
                                     num_features(*kmap.plan_shape))
     self.encode = jax.jit(jax.vmap(lambda p: encode_plan(p, self.present)))
-    self.plan_error = jax.jit(jax.vmap(lambda p: error_table.plan_error(table, p))) \
-        if table is not None else None
+    self.slot_index = (np.array([e.block for e in kmap.entries]), np.array([e.kernel for e in kmap.entries]))
+    self.slot_errors = jax.jit(jax.vmap(lambda p: error_table.slot_errors(table, p.bits, p.keep, p.fmt, p.gran)
+                                        [self.slot_index])) if table is not None else None
     params, state = accounting.split_variables(setup.variables)
     self.ratios = jax.jit(jax.vmap(lambda p: accounting.compression_ratio(params, p, kmap, state)))
     self.options = knapsack.build_options(table, kmap, params, state, self.config.goal) \
         if table is not None and (s.proposer != "agents" or s.prior_goal) else None
-    self.path = knapsack.greedy_path(self.options) if self.options is not None and s.prior_goal else None
     self.hla = search.EnsembleTrainer(budget_env.BudgetEnv(kmap.num_blocks), self.config.hla,
                                       nested=False)
     goal = self.config.goal
@@ -129,20 +129,21 @@ class Search:
     if self.config.search.signal == "surrogate":
       inner = proxies.SurrogateSignal(state.surrogate, state.plan, jnp.float32(baseline_eval))
     elif self.config.search.signal == "error_table":
-      inner = self.table.replace(points_per_error=jnp.float32(self.points_per_error(state, baseline_eval)))
+      inner = self.table.replace(points_per_error=jnp.asarray(self.calibration(state, baseline_eval), jnp.float32))
     else:
       weights = proxies.stack_block_weights(self.setup.variables["params"], self.setup.kmap)
       inner = proxies.quant_error_signal(weights, self.kernel_sensitivity)
     return (inner, jnp.float32(state.recovery))
 
   def prior_goal(self, state: SearchState, baseline_eval: float) -> float | None:
-    """The error table's guess of the goal: the most compressed plan on the table's greedy
-    front whose predicted pre-fine-tune drop a fine-tune is expected to bring within the
-    target (target / recovery); None with `search.prior_goal=False` or without a table."""
-    if self.path is None:
+    """The error table's guess of the goal: the most compressed plan on the calibrated table's
+    greedy front whose predicted pre-fine-tune drop a fine-tune is expected to bring within
+    the target (target / recovery); None with `search.prior_goal=False` or without a table."""
+    if self.options is None or not self.config.search.prior_goal:
       return None
+    options = self.calibrated_options(state, baseline_eval)
     limit = self.config.goal.target_accuracy_drop / state.recovery
-    return knapsack.ratio_within(self.options, self.path, limit / self.points_per_error(state, baseline_eval))
+    return knapsack.ratio_within(options, knapsack.greedy_path(options), limit)
 
   def margins(self, cycles) -> tuple[np.ndarray, np.ndarray]:
     """The cycles' margins, [C] each: `search.escalate_margin_se` fit-half standard errors (the
@@ -152,17 +153,34 @@ class Search:
             s.margin_se * np.array([c.val_se for c in cycles]))
 
   def errors(self, plans: CompressionPlan) -> np.ndarray:
-    """Whole-model Fisher-weighted error E of each plan `[N]` (NaN without a table)."""
-    if self.plan_error is None:
-      return np.full(plans.bits.shape[0], np.nan)
-    return np.asarray(self.plan_error(plans))
+    """The error table's E of each plan per slot (`kmap.entries`), `[N, S]`; NaN without a table."""
+    if self.slot_errors is None:
+      return np.full((plans.bits.shape[0], len(self.setup.kmap.entries)), np.nan)
+    return np.asarray(self.slot_errors(plans), np.float64)
 
-  def points_per_error(self, state: SearchState, baseline_eval: float) -> float:
-    """The error table's calibration, refitted on every plan evaluated before fine-tuning."""
-    pre = [e for e in state.evaluated if e.stage == "pre_finetune" and e.error is not None]
-    fit = error_table.fit_points_per_error([e.error for e in pre], [baseline_eval - e.accuracy for e in pre],
-                                           censored=self.config.search.censored_calibration)
-    return fit if fit is not None else DEFAULT_POINTS_PER_ERROR
+  def calibration(self, state: SearchState, baseline_eval: float) -> np.ndarray:
+    """Points of pre-fine-tune drop per unit E for every slot `[B, K]`, refitted on every plan
+    evaluated before fine-tuning: one slope per block (`search.block_calibration`) or one for all."""
+    pre = [e for e in state.evaluated if e.stage == "pre_finetune" and e.slot_errors is not None]
+    x = np.array([e.slot_errors for e in pre], np.float64).reshape(len(pre), len(self.slot_index[0]))
+    d = np.array([baseline_eval - e.accuracy for e in pre], np.float64)
+    s = self.config.search
+    if not s.censored_calibration:
+      x, d = x[d <= error_table.MAX_DROP], d[d <= error_table.MAX_DROP]
+    fit = error_table.fit_group_calibration(x, d, self.slot_index[0]) if s.block_calibration else \
+        error_table.fit_points_per_error(x.sum(1), d)
+    out = np.full(self.setup.kmap.plan_shape, DEFAULT_POINTS_PER_ERROR)
+    if fit is not None:
+      out[self.slot_index] = fit
+    return out
+
+  def predicted_drops(self, slot_errors: np.ndarray, calibration: np.ndarray) -> np.ndarray:
+    """Predicted pre-fine-tune drops `[N]` (points) of plans with per-slot errors `[N, S]`."""
+    return slot_errors @ calibration[self.slot_index]
+
+  def calibrated_options(self, state: SearchState, baseline_eval: float) -> knapsack.Options:
+    """The integer program's options with their errors in calibrated points."""
+    return knapsack.calibrated(self.options, self.calibration(state, baseline_eval))
 
 
 def warmup(search_: Search, key, log: EventLog, quiet: bool):
@@ -184,7 +202,7 @@ def warmup(search_: Search, key, log: EventLog, quiet: bool):
       continue
     ratios = np.asarray(search_.ratios(batch))
     errors = search_.errors(batch)
-    evaluated += tuple(Evaluation(kind, l, float(r), float(a), "pre_finetune", None if np.isnan(e) else float(e))
+    evaluated += tuple(Evaluation(kind, l, float(r), float(a), "pre_finetune", slot_tuple(e))
                        for l, r, a, e in zip(names, ratios, batch_accs, errors))
   holdout = float(sur.holdout_mae)
   log("warmup", samples=count, holdout_mae=holdout, message=(

@@ -178,6 +178,15 @@ def solve_path(options: Options, ratios) -> tuple[list[float], CompressionPlan |
   return solved, stack_plans(plans) if plans else None
 
 
+def calibrated(options: Options, points_per_error: np.ndarray) -> Options:
+  """The options with each slot's errors scaled by its calibration (`[B, K]`, points per unit
+  E; floored at a millionth of the largest so the errors keep falling along each slot)."""
+  scale = np.asarray(points_per_error, np.float64)
+  floor = 1e-6 * max(float(scale.max()), 1e-12)
+  return dataclasses.replace(options, error=tuple(e * max(float(scale[b, k]), floor)
+                                                  for e, (b, k) in zip(options.error, options.slots)))
+
+
 def greedy_path(options: Options) -> list[list[int]]:
   """Choices from the most to the least storage, one hull step at a time.
 

@@ -84,14 +84,14 @@ def propose(search_, state, config, cycle: int, base: dict, key) -> Proposal:
   source = config.search.proposer
   if source == "ilp":
     t0 = time.perf_counter()
-    plans = from_program(search_.options, config.goal.target_compression)
+    plans = from_program(search_.calibrated_options(state, base["eval"]), config.goal.target_compression)
     return Proposal(state.hla, state.lla, plans, None, {"hla": None, "lla": None},
                     {"ilp_s": time.perf_counter() - t0})
   proposal = from_agents(search_, state, config, cycle, base, key)
   if source == "agents":
     return proposal
   t0 = time.perf_counter()
-  extra = from_program(search_.options, config.goal.target_compression)
+  extra = from_program(search_.calibrated_options(state, base["eval"]), config.goal.target_compression)
   both = jax.tree.map(lambda a, b: np.concatenate([np.asarray(a), np.asarray(b)]), proposal.candidates, extra)
   return dataclasses.replace(proposal, candidates=both,
                              times={**proposal.times, "ilp_s": time.perf_counter() - t0})

@@ -22,13 +22,20 @@ PLAN_FIELDS = ("bits", "keep", "fmt", "gran")
 @dataclasses.dataclass(frozen=True)
 class Evaluation:
   """One plan evaluated for real: pre-fine-tune on the fit half's first eval_samples, or fine-tuned
-  on the held-out half. `error` is the error table's E (None without a table)."""
+  on the held-out half. `slot_errors` is the error table's E of each slot (`kmap.entries`;
+  None without a table or for fine-tuned plans)."""
   kind: str                 # warmup | uniform | screened | cycle
   label: str
   compression_ratio: float
   accuracy: float
   stage: str                # pre_finetune | finetuned
-  error: float | None = None
+  slot_errors: tuple[float, ...] | None = None
+
+
+def slot_tuple(errors) -> tuple[float, ...] | None:
+  """A plan's per-slot errors `[S]` as `Evaluation.slot_errors` (None when any is NaN: no table)."""
+  errors = np.asarray(errors, np.float64)
+  return None if np.isnan(errors).any() else tuple(float(e) for e in errors)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,4 +116,12 @@ class SearchState:
   @classmethod
   def from_meta(cls, meta: Mapping, hla, lla, surrogate, plan) -> "SearchState":
     return cls(hla, lla, surrogate, plan, tuple(Cycle.from_record(r) for r in meta["cycles"]),
-               tuple(Evaluation(**e) for e in meta["evaluated"]), meta["recovery"])
+               tuple(evaluation_from_record(e) for e in meta["evaluated"]), meta["recovery"])
+
+
+def evaluation_from_record(record: Mapping) -> Evaluation:
+  """An `Evaluation` from its JSON form; a record of an older run, with the whole-model
+  `error` only, loads without slot errors (the calibration then leaves it out)."""
+  fields = {k: v for k, v in record.items() if k != "error"}
+  slots = fields.pop("slot_errors", None)
+  return Evaluation(**fields, slot_errors=None if slots is None else slot_tuple(slots))

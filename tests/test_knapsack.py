@@ -125,3 +125,16 @@ def test_ratio_within_is_the_most_compressed_greedy_choice_under_an_error(small)
   assert knapsack.ratio_within(options, path, mid) == max(r for r, e in zip(ratios, errors) if e <= mid)
   assert knapsack.ratio_within(options, path, np.inf) == max(ratios)
   assert knapsack.ratio_within(options, path, -1.0) == 1.0
+
+
+def test_calibrated_options_price_plans_as_the_per_slot_calibrated_table(small):
+  params, kmap, table, options = small
+  scale = np.array([[3.0, 50.0], [0.5, 7.0]])
+  cal = knapsack.calibrated(options, scale)
+  choice = knapsack.solve(cal, 6.0)
+  slots = error_table.slot_errors(table, *(getattr(cal.plan(choice), f) for f in ("bits", "keep", "fmt", "gran")))
+  assert sum(e[c] for e, c in zip(cal.error, choice)) == pytest.approx(float(np.sum(scale * slots)), rel=1e-5)
+  # The heavily weighted slot (0, 1) keeps more storage than it does uncalibrated.
+  plain = knapsack.solve(options, 6.0)
+  s01 = options.slots.index((0, 1))
+  assert cal.storage[s01][choice[s01]] > options.storage[s01][plain[s01]]

@@ -78,6 +78,48 @@ def test_lla_signal_is_the_blocks_error_times_blocks_and_calibration(setup):
   assert float(d) == pytest.approx(10.0 * 2 * float(block.sum()), rel=1e-6)
 
 
+def test_lla_signal_weighs_each_slot_by_its_own_calibration(setup):
+  _, kmap, _, table = setup
+  scale = jnp.asarray(np.arange(1.0, 1.0 + np.prod(kmap.plan_shape)).reshape(kmap.plan_shape), jnp.float32)
+  bits, keep = jnp.array([3, 5]), jnp.array([1.0, 0.75])
+  fmt, gran = jnp.array([codes.INT, codes.FLOAT]), jnp.array([codes.PER_CHANNEL, codes.LEARNED])
+  d = error_table.error_table_fn()(table.replace(points_per_error=scale), 1, bits, keep, fmt, gran)
+  block = error_table.slot_errors(table, bits, keep, fmt, gran, 1)
+  assert float(d) == pytest.approx(2 * float(jnp.sum(scale[1] * block)), rel=1e-6)
+
+
+def test_fit_group_calibration_recovers_per_slot_slopes_and_censors_collapses():
+  rng = np.random.default_rng(0)
+  x = rng.uniform(0.0, 0.02, (60, 3))
+  truth = np.array([20.0, 100.0, 400.0])
+  drops = x @ truth + rng.normal(0, 0.05, 60)
+  got = error_table.fit_group_calibration(x, drops, ridge=1e-6)
+  np.testing.assert_allclose(got, truth, rtol=0.05)
+  # A collapsed plan whose slot the moderate plans never load: the fit must predict it >= 8 points.
+  x2 = np.concatenate([x * [1, 1, 0], [[0.0, 0.0, 0.01]]])
+  d2 = np.concatenate([x2[:-1] @ truth, [60.0]])
+  got = error_table.fit_group_calibration(x2, d2, ridge=1e-6)
+  assert got[2] * 0.01 == pytest.approx(8.0, rel=1e-3)
+  np.testing.assert_allclose(got[:2], truth[:2], rtol=1e-3)
+
+
+def test_fit_group_calibration_shares_one_slope_within_a_group():
+  rng = np.random.default_rng(2)
+  x = rng.uniform(0.0, 0.02, (40, 4))
+  drops = x @ [30.0, 30.0, 200.0, 200.0]
+  got = error_table.fit_group_calibration(x, drops, groups=[0, 0, 1, 1], ridge=1e-6)
+  np.testing.assert_allclose(got, [30.0, 30.0, 200.0, 200.0], rtol=1e-3)
+
+
+def test_fit_group_calibration_with_a_strong_ridge_is_the_common_slope():
+  rng = np.random.default_rng(1)
+  x = rng.uniform(0.0, 0.02, (30, 4))
+  drops = x @ [20.0, 100.0, 40.0, 400.0]
+  common = error_table.fit_points_per_error(x.sum(1), drops)
+  np.testing.assert_allclose(error_table.fit_group_calibration(x, drops, ridge=1e6), common, rtol=1e-3)
+  assert error_table.fit_group_calibration(x[:2], drops[:2] * 0.1) is None   # two moderate plans: no fit
+
+
 def test_fit_points_per_error_collapsed_plan_predicted_above_the_cap_leaves_the_fit_alone():
   errors = [0.01, 0.02, 0.03, 0.5]
   drops = [1.0, 2.0, 3.0, 70.0]                # collapsed, and 100 * 0.5 = 50 >= 8 already
