@@ -36,24 +36,29 @@ from hirelc_jax.compression import accounting
 from hirelc_jax.compression.plan import stack_plans, uniform_plan
 from hirelc_jax.training import checkpoint
 
-SEARCHES = {"hirelc": {}, "search_agents": {"search.proposer": "agents"},
+OLD = {"search.block_calibration": "false"}   # rows measured before the per-block calibration (044e0fb)
+SEARCHES = {"hirelc": {}, "search_agents": {"search.proposer": "agents"}, "search_ilp": {"search.proposer": "ilp"},
+            "search_agents_ilp": {"search.proposer": "both"},
+            # the error table's calibration one slope for the whole table, as before 044e0fb
+            "search_agents_common_calibration": {"search.proposer": "agents", **OLD},
+            "search_ilp_common_calibration": {"search.proposer": "ilp", **OLD},
             # ablations of the agents' search: no error-table prior goal; and the original's
             # per-level floors with its 1-point accuracy table (the agents before 4d852a0)
             "search_agents_no_prior": {"search.proposer": "agents", "search.prior_goal": "false"},
             # the rows before the censored calibration (5910778) were measured with it off
             "search_agents_no_prior_uncensored": {"search.proposer": "agents", "search.prior_goal": "false",
-                                                  "search.censored_calibration": "false"},
+                                                  "search.censored_calibration": "false", **OLD},
             "search_agents_hla_floors": {"search.proposer": "agents", "search.prior_goal": "false",
                                          "search.floors": "hla", "search.accuracy_unit": "point",
-                                         "search.censored_calibration": "false"},
-            "search_agents_ilp": {"search.proposer": "both"}, "search_ilp": {"search.proposer": "ilp"},
+                                         "search.censored_calibration": "false", **OLD},
             "search_ilp_no_prior": {"search.proposer": "ilp", "search.prior_goal": "false",
-                                    "search.censored_calibration": "false"},
+                                    "search.censored_calibration": "false", **OLD},
             # the table's calibration leaving collapsed plans out (before the censored fit)
-            "search_agents_uncensored": {"search.proposer": "agents", "search.censored_calibration": "false"},
-            "search_ilp_uncensored": {"search.proposer": "ilp", "search.censored_calibration": "false"},
+            "search_agents_uncensored": {"search.proposer": "agents", "search.censored_calibration": "false", **OLD},
+            "search_ilp_uncensored": {"search.proposer": "ilp", "search.censored_calibration": "false", **OLD},
             "search_ilp_point_escalation": {"search.proposer": "ilp", "search.escalate_margin_se": "0",
-                                            "search.prior_goal": "false", "search.censored_calibration": "false"},
+                                            "search.prior_goal": "false", "search.censored_calibration": "false",
+                                            **OLD},
             "lla_only": {"search.high_level": "false"},
             "hirelc_unscreened": {"search.screen": "1", "search.warmup_samples": "32"},
             "hirelc_fixed_goal": {"search.escalate": "1"}}

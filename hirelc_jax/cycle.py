@@ -28,9 +28,9 @@ from hirelc_jax.state import PLAN_FIELDS, Cycle, Evaluation, SearchState, slot_t
 class Pick:
   """A cycle up to its fine-tune: the cycle's goal (`config`), the proposal, the screened
   plans `[S, B, K]` with their pre-fine-tune accuracies, honest ratios, surrogate features
-  `[S, F]`, table errors per slot `[S, E]` and the calibrated table's predicted drops `[S]`,
-  the index of the plan to fine-tune, the surrogate's prediction for it, and the phase
-  times so far."""
+  `[S, F]`, table errors per slot (`kmap.entries`) `[S, n]` and the calibrated table's
+  predicted drops `[S]`, the index of the plan to fine-tune, the surrogate's prediction for
+  it, and the phase times so far."""
   cycle: int
   config: Config
   proposal: proposals.Proposal
