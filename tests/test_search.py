@@ -170,3 +170,35 @@ def test_plan_table_names_each_kernel_as_export_does(kmap):
                       gran=np.array([[2, 2], [codes.LOG, 2], [2, 0]], np.int32))
   names = [[k["format_name"] for k in row] for row in plan_table(plan, kmap)]
   assert names == [["int4", "e4m3"], ["log5", "fp32"], ["e2m3", "e2m1"]]
+
+
+def test_calibration_fits_one_slope_per_block_from_the_evaluated_plans(kmap):
+  from types import SimpleNamespace
+
+  from hirelc_jax.experiment import DEFAULT_POINTS_PER_ERROR, Search
+  from hirelc_jax.state import Evaluation, SearchState
+  rng = np.random.default_rng(0)
+  index = (np.array([e.block for e in kmap.entries]), np.array([e.kernel for e in kmap.entries]))
+  slopes = np.array([10.0, 80.0, 300.0])[index[0]]               # per block, shared by its kernels
+  errors = rng.uniform(0.0, 0.008, (40, len(kmap.entries)))   # drops of 0-7 points: informative
+  evaluated = tuple(Evaluation("warmup", "", 5.0, 90.0 - float(e @ slopes), "pre_finetune", tuple(e))
+                    for e in errors)
+  evaluated += (Evaluation("cycle", "C1", 9.0, 50.0, "finetuned"),)   # fine-tuned: not a calibration point
+  state = SearchState(None, None, None, None, (), evaluated, 0.3)
+
+  def calibration(block_calibration, state=state):
+    config = dataclasses.replace(C.Config(), search=dataclasses.replace(
+        C.Config().search, block_calibration=block_calibration))
+    fake = SimpleNamespace(config=config, slot_index=index, setup=SimpleNamespace(kmap=kmap))
+    return Search.calibration(fake, state, 90.0)
+
+  got = calibration(True)
+  assert got.shape == kmap.plan_shape
+  common = calibration(False)
+  assert np.ptp(common[index]) == 0 and 10.0 < common[index][0] < 300.0
+  # Blocks whose errors move the drop by points are fitted closely; block 0 (at most 0.16 points)
+  # is pulled towards the common slope by the ridge, but stays well below it.
+  np.testing.assert_allclose(got[index][2:], slopes[2:], rtol=0.05)
+  assert got[index][0] < 0.5 * common[index][0]
+  empty = dataclasses.replace(state, evaluated=())
+  np.testing.assert_array_equal(calibration(True, empty), np.full(kmap.plan_shape, DEFAULT_POINTS_PER_ERROR))
