@@ -232,6 +232,22 @@ def section_map_entries(r):
   yield f"\nA plain step: {plain:.0f} ms.\n"
 
 
+def section_calibration(rs):
+  yield "## The error table's calibration: one slope, or one per block, kernel or slot\n"
+  yield ("`python benchmarks/bench_calibration.py --model M --fit N`: random plans (the warm-up's distribution) "
+         "evaluated for real before fine-tuning; each calibration is fitted on N of them and predicts the rest, "
+         "over random splits. Moderate: drop at most 8 points. The search uses one slope per block "
+         "(ridge 0.01).\n")
+  yield "| model | plans (collapsed) | fit on | calibration | ridge | RMSE on moderate plans (pt) | collapsed among predicted <= 4 pt |"
+  yield "|---|---|---|---|---|---|---|"
+  for r in rs:
+    for x in r["rows"]:
+      yield (f"| {r['benchmark'][len('calibration_'):]} | {r['plans']} ({r['collapsed']}) | {r['fit_plans']} | "
+             f"{x['calibration']} | {x.get('ridge', '')} | {x['rmse_moderate']:.2f} | "
+             f"{100 * x['collapsed_among_predicted_within_4pt']:.1f}% |")
+  yield f"\n{machine(rs[0])}.\n"
+
+
 def section_compile_time(r):
   yield "## Compiling: the smoke run cold and warm\n"
   yield f"`{r['command']}`; {machine(r)}. {r['note']}\n"
@@ -262,6 +278,9 @@ def main():
     parts += list(section_runs(runs))
   for p in sorted(RESULTS.glob("quality_*.json")):
     parts += list(section_quality(load(p.stem), p.stem[len("quality_"):]))
+  calibrations = [load(p.stem) for p in sorted(RESULTS.glob("calibration_*.json"))]
+  if calibrations:
+    parts += list(section_calibration(calibrations))
   if (RESULTS / "superseded").is_dir():
     parts += ["The quality tables before issue 14 (baselines that could not prune, measured before the "
               "quantizer fixes of commit d762f40) are kept in `benchmarks/results/superseded/`.\n"]
