@@ -86,9 +86,15 @@ def main() -> None:
                    **cross_validate(slots, drops, groups, ridge, args.fit, args.splits)})
   for row in rows:
     print(row)
+  # The per-block slopes (points per unit E) fitted on every plan, as the search fits them.
+  slopes = error_table.fit_group_calibration(slots, drops, data["blocks"])
+  block_slopes = [float(slopes[data["blocks"] == b][0]) for b in np.unique(data["blocks"])]
+  print("per-block slopes on every plan:", np.round(block_slopes, 1))
   common.write(f"calibration_{args.model}", {
       "command": " ".join(sys.argv), "plans": int(len(drops)), "collapsed": int(np.sum(drops > error_table.MAX_DROP)),
-      "fit_plans": args.fit, "splits": args.splits, "rows": rows})
+      "fit_plans": args.fit, "splits": args.splits, "rows": rows,
+      "common_slope_all_plans": error_table.fit_points_per_error(slots.sum(1), drops),
+      "block_slopes_all_plans": block_slopes})
 
 
 if __name__ == "__main__":

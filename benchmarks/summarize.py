@@ -245,6 +245,9 @@ def section_calibration(rs):
       yield (f"| {r['benchmark'][len('calibration_'):]} | {r['plans']} ({r['collapsed']}) | {r['fit_plans']} | "
              f"{x['calibration']} | {x.get('ridge', '')} | {x['rmse_moderate']:.2f} | "
              f"{100 * x['collapsed_among_predicted_within_4pt']:.1f}% |")
+  for r in rs:
+    yield (f"\n{r['benchmark'][len('calibration_'):]}: one slope on every plan {r['common_slope_all_plans']:.1f} points "
+           f"per unit E; one per block " + ", ".join(f"{x:.1f}" for x in r["block_slopes_all_plans"]) + ".")
   yield f"\n{machine(rs[0])}.\n"
 
 
