@@ -227,8 +227,9 @@ def fit_group_calibration(slot_errors, drops, groups=None, max_drop: float = MAX
   on real drops with collapsed plans censored.
 
   One slope for the whole table misranks layers: on the CNN the Fisher-weighted
-  error of the dense block cost 80x more points per unit than the first
-  convolution's. The group slopes c (non-negative) minimise
+  error of the dense block costs 15x more points per unit than the first
+  convolution's (`benchmarks/bench_calibration.py`). The group slopes c
+  (non-negative) minimise
 
     sum_ok (X_i c - d_i)^2 + sum_collapsed min(0, X_i c - max_drop)^2
       + ridge N mean_g (c_g / s - 1)^2,      X_ig = sum of plan i's errors in group g,
