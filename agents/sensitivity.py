@@ -186,9 +186,7 @@ def _raw_entry_scores(params, x, y, key, *, loss_fn, paths, method, batch_size, 
 
 def _to_grid(entry_scores, kmap: KernelMap):
   """Scatters entry scores `[E]` into `[B, K]` (absent slots 0)."""
-  blocks = np.array([e.block for e in kmap.entries])
-  kerns = np.array([e.kernel for e in kmap.entries])
-  return jnp.zeros(kmap.plan_shape, jnp.float32).at[blocks, kerns].set(entry_scores)
+  return jnp.zeros(kmap.plan_shape, jnp.float32).at[kmap.slots].set(entry_scores)
 
 
 def estimate_sensitivity(loss_fn: Callable, params, kmap: KernelMap, x, y, *,

@@ -42,7 +42,7 @@ def evaluate_plans(model: str, count: int, path: pathlib.Path) -> None:
   n, d = cfg.search.eval_samples, fit.data
   base = evaluation.accuracy(fit, fit.variables, d.x_val[:n], d.y_val[:n])
   plans = search.random_plans(jax.random.PRNGKey(0), count, setup.kmap, cfg)
-  index = (np.array([e.block for e in setup.kmap.entries]), np.array([e.kernel for e in setup.kmap.entries]))
+  index = setup.kmap.slots
   slots = jax.vmap(lambda p: error_table.slot_errors(table, p.bits, p.keep, p.fmt, p.gran)[index])(plans)
   drops = base - np.asarray(evaluation.plan_accuracies(fit, plans))
   np.savez(path, slot_errors=np.asarray(slots, np.float64), drops=drops, blocks=index[0], kernels=index[1])

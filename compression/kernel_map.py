@@ -67,6 +67,11 @@ class KernelMap:
       mask[e.block, e.kernel] = True
     return mask
 
+  @property
+  def slots(self) -> tuple[np.ndarray, np.ndarray]:
+    """(block, kernel) int arrays `[E]` of the entries: indexes a `[B, K]` array at the entries."""
+    return (np.array([e.block for e in self.entries], np.int64), np.array([e.kernel for e in self.entries], np.int64))
+
 
 def _shape(leaf) -> tuple[int, ...]:
   """Shape of an array or a jax.ShapeDtypeStruct."""

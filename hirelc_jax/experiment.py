@@ -90,9 +90,9 @@ class Search:
                                                     epochs=s.surrogate_epochs),
                                     num_features(*kmap.plan_shape))
     self.encode = jax.jit(jax.vmap(lambda p: encode_plan(p, self.present)))
-    self.slot_index = (np.array([e.block for e in kmap.entries]), np.array([e.kernel for e in kmap.entries]))
+    slots = kmap.slots
     self.slot_errors = jax.jit(jax.vmap(lambda p: error_table.slot_errors(table, p.bits, p.keep, p.fmt, p.gran)
-                                        [self.slot_index])) if table is not None else None
+                                        [slots])) if table is not None else None
     params, state = accounting.split_variables(setup.variables)
     self.ratios = jax.jit(jax.vmap(lambda p: accounting.compression_ratio(params, p, kmap, state)))
     self.options = knapsack.build_options(table, kmap, params, state, self.config.goal) \
@@ -162,21 +162,22 @@ class Search:
     """Points of pre-fine-tune drop per unit E for every slot `[B, K]`, refitted on every plan
     evaluated before fine-tuning: one slope per block (`search.block_calibration`) or one for all."""
     pre = [e for e in state.evaluated if e.stage == "pre_finetune" and e.slot_errors is not None]
-    x = np.array([e.slot_errors for e in pre], np.float64).reshape(len(pre), len(self.slot_index[0]))
+    slots = self.setup.kmap.slots
+    x = np.array([e.slot_errors for e in pre], np.float64).reshape(len(pre), len(slots[0]))
     d = np.array([baseline_eval - e.accuracy for e in pre], np.float64)
     s = self.config.search
     if not s.censored_calibration:
       x, d = x[d <= error_table.MAX_DROP], d[d <= error_table.MAX_DROP]
-    fit = error_table.fit_group_calibration(x, d, self.slot_index[0]) if s.block_calibration else \
+    fit = error_table.fit_group_calibration(x, d, slots[0]) if s.block_calibration else \
         error_table.fit_points_per_error(x.sum(1), d)
     out = np.full(self.setup.kmap.plan_shape, DEFAULT_POINTS_PER_ERROR)
     if fit is not None:
-      out[self.slot_index] = fit
+      out[slots] = fit
     return out
 
   def predicted_drops(self, slot_errors: np.ndarray, calibration: np.ndarray) -> np.ndarray:
     """Predicted pre-fine-tune drops `[N]` (points) of plans with per-slot errors `[N, S]`."""
-    return slot_errors @ calibration[self.slot_index]
+    return slot_errors @ calibration[self.setup.kmap.slots]
 
   def calibrated_options(self, state: SearchState, baseline_eval: float) -> knapsack.Options:
     """The integer program's options with their errors in calibrated points."""

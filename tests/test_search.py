@@ -178,7 +178,7 @@ def test_calibration_fits_one_slope_per_block_from_the_evaluated_plans(kmap):
   from hirelc_jax.experiment import DEFAULT_POINTS_PER_ERROR, Search
   from hirelc_jax.state import Evaluation, SearchState
   rng = np.random.default_rng(0)
-  index = (np.array([e.block for e in kmap.entries]), np.array([e.kernel for e in kmap.entries]))
+  index = kmap.slots
   slopes = np.array([10.0, 80.0, 300.0])[index[0]]               # per block, shared by its kernels
   errors = rng.uniform(0.0, 0.008, (40, len(kmap.entries)))   # drops of 0-7 points: informative
   evaluated = tuple(Evaluation("warmup", "", 5.0, 90.0 - float(e @ slopes), "pre_finetune", tuple(e))
@@ -189,7 +189,7 @@ def test_calibration_fits_one_slope_per_block_from_the_evaluated_plans(kmap):
   def calibration(block_calibration, state=state):
     config = dataclasses.replace(C.Config(), search=dataclasses.replace(
         C.Config().search, block_calibration=block_calibration))
-    fake = SimpleNamespace(config=config, slot_index=index, setup=SimpleNamespace(kmap=kmap))
+    fake = SimpleNamespace(config=config, setup=SimpleNamespace(kmap=kmap))
     return Search.calibration(fake, state, 90.0)
 
   got = calibration(True)
