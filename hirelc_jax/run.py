@@ -6,6 +6,7 @@ import argparse
 import os
 import pathlib
 import sys
+import traceback
 
 from hirelc_jax import interrupts
 from hirelc_jax.data import DATASET_NAMES
@@ -97,7 +98,21 @@ def output_path(cfg) -> pathlib.Path:
 def guarded(work, debug: bool) -> int:
   """Runs `work()` with SIGINT and SIGTERM watched (`hirelc_jax.interrupts`); returns the exit
   status: 0, 130 or 143 when interrupted (every completed cycle is saved), 2 with a one-line
-  error on bad input."""
+  error on bad input. One process of several that fails or is interrupted leaves at once
+  (`distributed.leave`), so that the others stop too instead of waiting for it."""
+  from hirelc_jax import distributed
+  try:
+    code = _status(work, debug)
+  except BaseException:
+    if not distributed.several():
+      raise
+    traceback.print_exc()
+    code = 1
+  distributed.leave(code)
+  return code
+
+
+def _status(work, debug: bool) -> int:
   try:
     with interrupts.watched():
       work()
