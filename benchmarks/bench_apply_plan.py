@@ -2,8 +2,9 @@
 
 12 blocks x (qkv [192, 576], attn_proj [192, 192], mlp_fc1 [192, 768],
 mlp_fc2 [768, 192], each with a bias); random plans over every bit width,
-format, granularity and keep ratio. Measures one plan per call and vmapped
-batches of 64 plans. Usage: python benchmarks/bench_apply_plan.py
+format, granularity and keep ratio. Measures one plan per call (its masks computed,
+and its masks given, as every QAT step of a fine-tune calls it) and vmapped batches
+of 64 plans. Usage: python benchmarks/bench_apply_plan.py
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import common  # noqa: E402
-from hirelc_jax.compression.apply import apply_plan  # noqa: E402
+from hirelc_jax.compression.apply import apply_plan, compute_masks  # noqa: E402
 from hirelc_jax.compression.kernel_map import build_kernel_map  # noqa: E402
 from hirelc_jax.compression.plan import make_plan, stack_plans  # noqa: E402
 
@@ -58,11 +59,17 @@ def main() -> None:
   plans = random_plans(64, kmap.plan_shape)
   batch = stack_plans(plans)
   one = jax.jit(lambda p, plan: apply_plan(p, plan, kmap))
+  given = jax.jit(lambda p, plan, masks: apply_plan(p, plan, kmap, masks=masks))
   many = jax.jit(jax.vmap(lambda p, plan: apply_plan(p, plan, kmap), in_axes=(None, 0)))
+  masks = [compute_masks(params, plan, kmap) for plan in plans]
   counter = iter(range(10**9))
 
   def single():
     jax.block_until_ready(one(params, plans[next(counter) % len(plans)]))
+
+  def single_masks_given():
+    i = next(counter) % len(plans)
+    jax.block_until_ready(given(params, plans[i], masks[i]))
 
   # The memory-bandwidth bound: apply_plan must read every weight and write it once (fp32);
   # a jitted scale-and-shift of the same arrays measures what this machine streams.
@@ -70,18 +77,20 @@ def main() -> None:
   # The bound and the plans are timed in 5 interleaved rounds (medians), so that both see the
   # same state of a shared machine: the streaming rate alone varied 5.4-9.2 GB/s between runs.
   fns = {"stream": lambda: jax.block_until_ready(stream(params)), "single": single,
-         "batch": lambda: jax.block_until_ready(many(params, batch))}
+         "given": single_masks_given, "batch": lambda: jax.block_until_ready(many(params, batch))}
   rounds = {name: [] for name in fns}
   for _ in range(5):
     for name, fn in fns.items():
       rounds[name].append(common.timeit(fn, repeats=3))
-  t_stream, t_single, t_batch = (float(np.median(rounds[name])) for name in fns)
+  t_stream, t_single, t_given, t_batch = (float(np.median(rounds[name])) for name in fns)
   weights = int(sum(np.prod(s) for s in SHAPES.values()) * 12)
   results = {
       "weights": weights,
       "stream_gb_per_s": 2 * 4 * weights / t_stream / 1e9,
       "ms_bandwidth_bound": 1e3 * t_stream,
       "single_over_bound": t_single / t_stream,
+      "masks_given_over_bound": t_given / t_stream,
+      "ms_per_plan_masks_given": 1e3 * t_given,
       "plans_per_s_single": 1.0 / t_single,
       "plans_per_s_vmapped_batch64": 64.0 / t_batch,
       "ms_per_plan_single": 1e3 * t_single,

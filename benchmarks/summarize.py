@@ -29,11 +29,16 @@ def section_apply(r):
          f"{r['weights']:,} weights; random plans over every bit width, format, granularity and keep ratio.\n")
   yield "| mode | plans/s | ms |\n|---|---|---|"
   yield f"| one plan per call | {r['plans_per_s_single']:,.1f} | {r['ms_per_plan_single']:.2f} per plan |"
+  if "ms_per_plan_masks_given" in r:
+    yield (f"| one plan per call, its masks given (as in every QAT step) | "
+           f"{1e3 / r['ms_per_plan_masks_given']:,.1f} | {r['ms_per_plan_masks_given']:.2f} per plan |")
   yield f"| vmapped batch of 64 | {r['plans_per_s_vmapped_batch64']:,.1f} | {r['ms_per_batch64']:.1f} per batch |\n"
   if "ms_bandwidth_bound" in r:
     yield (f"Memory-bandwidth bound: reading and writing every weight once in fp32 (a jitted scale-and-shift "
            f"of the same arrays streams {r['stream_gb_per_s']:.1f} GB/s here) takes {r['ms_bandwidth_bound']:.2f} ms; "
-           f"one plan's apply_plan is {r['single_over_bound']:.1f}x that (target: within 5x).\n")
+           f"one plan's apply_plan is {r['single_over_bound']:.1f}x that (target: within 5x)"
+           + (f"; with its masks given, {r['masks_given_over_bound']:.1f}x" if "masks_given_over_bound" in r else "")
+           + ".\n")
 
 
 def section_baselines(rows):
