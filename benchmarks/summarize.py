@@ -39,6 +39,9 @@ def section_apply(r):
            f"one plan's apply_plan is {r['single_over_bound']:.1f}x that (target: within 5x)"
            + (f"; with its masks given, {r['masks_given_over_bound']:.1f}x" if "masks_given_over_bound" in r else "")
            + ".\n")
+    yield ("Run to run the ratio moves more than the target's margin: on 2026-12-06 six runs on the idle "
+           "machine (four on this code, two on fc8864e's, which measured 5.2x on 2026-12-04) gave 4.7-6.5x "
+           "for one plan per call (3.9-4.1x with its masks given, in the three runs where it was read), the streaming rate 21.3-29.3 GB/s.\n")
 
 
 def section_baselines(rows):
