@@ -453,10 +453,6 @@ def test_float32_exponent_is_floor_log2():
                                 [0, 0, 1, -1, -126, -127, -127, 128, 127])
 
 
-if __name__ == "__main__":
-  absltest.main()
-
-
 def test_division_by_a_per_channel_scale_is_the_ieee_quotient():
   """XLA turns ``a / broadcast(b)`` into a multiply by ``1 / b`` (tens of thousands of one-ulp
   misses on this kernel); `_div` keeps the correctly rounded quotient, and NaN, Inf and 0/0 as
@@ -469,3 +465,7 @@ def test_division_by_a_per_channel_scale_is_the_ieee_quotient():
   by = np.array([[2.0, 2.0, 2.0, 0.0, 0.0]], np.float32)
   with np.errstate(divide="ignore", invalid="ignore"):
     np.testing.assert_array_equal(np.asarray(jax.jit(quantize._div)(special, by)), special / by)
+
+
+if __name__ == "__main__":
+  absltest.main()

@@ -173,15 +173,15 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_processes_of_two_devices_killed_and_resumed_end_as_the_one_device_run(first_run, cache, tmp_path):
+def test_two_processes_of_two_devices_terminated_and_resumed_end_as_the_one_device_run(first_run, cache, tmp_path):
   """Two processes on localhost (jax.distributed, gloo collectives), two forced host devices
   each: one mesh of 4 for data-parallel training and evaluation and plan-parallel screening.
   Process 1 alone is terminated (SIGTERM, a preempted host) after the first cycle: JAX's
-  preemption service tells process 0, both stop at the same check with status 143 (before,
-  the SIGTERM was swallowed and the run went on), and both are started again with --resume. The run ends with the one-device
-  run's plan and accuracies: exactly equal on this CPU; one example is allowed, since float
-  reductions summed in another order could flip one arg-max. Process 0 alone writes: one
-  `result` line in the log. (This also covers one process on 4 devices, and resume after a kill.)"""
+  preemption service tells process 0, both stop at the same check with status 143, and both
+  are started again with --resume. The run ends with the one-device run's plan and
+  accuracies: exactly equal on this CPU; one example is allowed, since float reductions
+  summed in another order could flip one arg-max. Process 0 alone writes: one
+  `result` line in the log. (This also covers one process on 4 devices, and resume after a stop.)"""
   _, report = first_run
   env = {**os.environ, "HIRELC_JAX_CACHE": str(cache), "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
 
