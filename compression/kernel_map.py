@@ -63,8 +63,7 @@ class KernelMap:
   def present(self) -> np.ndarray:
     """bool [num_blocks, num_kernels]: which plan slots hold a kernel."""
     mask = np.zeros(self.plan_shape, bool)
-    for e in self.entries:
-      mask[e.block, e.kernel] = True
+    mask[self.slots] = True
     return mask
 
   @property
